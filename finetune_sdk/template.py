@@ -1,0 +1,185 @@
+"""Prompt templates: how a dataset row becomes a conversation (or a prompt and a completion).
+
+Pure Python on purpose: the same object is saved in the artifact and renders inference prompts on a
+server that may not have torch, byte for byte as it rendered the training examples.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+from .errors import TemplateError
+
+TemplateKind = Literal["chat", "plain", "messages"]
+Message = Mapping[str, str]
+
+
+def placeholders(fmt: str, *, where: str = "template") -> list[str]:
+    """Column names used by ``fmt`` (``{name}``), validated: no positional, attribute or index fields."""
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(fmt) if f is not None]
+    except ValueError as exc:
+        raise TemplateError(f"{where} {fmt!r} is not a valid format string ({exc}); write literal "
+                            "braces as '{{' and '}}'") from exc
+    names: list[str] = []
+    for field, spec, conv in fields:
+        if spec or conv:
+            raise TemplateError(f"{where} {fmt!r}: placeholder {{{field}}} has a conversion or format spec; "
+                                "only plain {column} placeholders are supported")
+        if not field or not field.isidentifier() and not _is_column_name(field):
+            raise TemplateError(
+                f"{where} {fmt!r} has placeholder {{{field}}}; use named placeholders such as "
+                "{questionText} that match dataset columns (write literal braces as '{{' and '}}')")
+        if field not in names:
+            names.append(field)
+    return names
+
+
+def _is_column_name(field: str) -> bool:
+    return all(ch.isalnum() or ch in "_- " for ch in field) and not field.isdigit()
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How rows are rendered. Build one with :meth:`chat`, :meth:`plain` or :meth:`messages`.
+
+    ``chat`` fills ``system``/``user``/``assistant`` format strings from row columns and renders them
+    with the tokenizer's own chat template; ``plain`` is a prompt and a completion for base models;
+    ``messages`` reads a column of ``[{"role", "content"}, ...]`` conversations (every assistant turn
+    is trained).
+    """
+
+    kind: TemplateKind
+    system: str | None = None
+    user: str | None = None
+    assistant: str | None = None
+    prompt: str | None = None
+    completion: str | None = None
+    messages_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "chat":
+            if not self.user or not self.assistant:
+                raise TemplateError("a chat template needs both user= and assistant= format strings")
+        elif self.kind == "plain":
+            if not self.prompt or not self.completion:
+                raise TemplateError("a plain template needs both prompt= and completion= format strings")
+        elif self.kind == "messages":
+            if not self.messages_column:
+                raise TemplateError("a messages template needs the name of its messages column")
+        else:
+            raise TemplateError(f"unknown template kind {self.kind!r}; use 'chat', 'plain' or 'messages'")
+        self.columns  # validates every format string now, not at training time
+
+    @classmethod
+    def chat(cls, user: str, assistant: str, system: str | None = None) -> "PromptTemplate":
+        """A system/user/assistant conversation filled from row columns, e.g. ``user="{questionText}"``."""
+        return cls(kind="chat", system=system, user=user, assistant=assistant)
+
+    @classmethod
+    def plain(cls, prompt: str, completion: str) -> "PromptTemplate":
+        """Prompt text followed by completion text and EOS, for base (non-chat) models."""
+        return cls(kind="plain", prompt=prompt, completion=completion)
+
+    @classmethod
+    def messages(cls, column: str = "messages") -> "PromptTemplate":
+        """Rows carry whole conversations in ``column``; every assistant turn is trained."""
+        return cls(kind="messages", messages_column=column)
+
+    @property
+    def prompt_columns(self) -> list[str]:
+        """Columns needed to build an inference prompt."""
+        if self.kind == "messages":
+            return [self.messages_column]  # type: ignore[list-item]
+        fields = [("system", self.system), ("user", self.user), ("prompt", self.prompt)]
+        return _merge(placeholders(fmt, where=f"{name}=") for name, fmt in fields if fmt)
+
+    @property
+    def completion_columns(self) -> list[str]:
+        """Columns that only the trained completion uses."""
+        if self.kind == "messages":
+            return []
+        fmt = self.assistant if self.kind == "chat" else self.completion
+        name = "assistant=" if self.kind == "chat" else "completion="
+        return [c for c in placeholders(fmt or "", where=name) if c not in self.prompt_columns]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column a training row must have."""
+        return self.prompt_columns + self.completion_columns
+
+    def conversation(self, row: Mapping[str, Any], *, with_completion: bool = True) -> list[dict[str, str]]:
+        """The chat messages for ``row`` (chat and messages templates)."""
+        if self.kind == "messages":
+            return _conversation_column(row, self.messages_column, with_completion)  # type: ignore[arg-type]
+        if self.kind != "chat":
+            raise TemplateError("conversation() is for chat and messages templates; this one is plain")
+        messages = []
+        if self.system:
+            messages.append({"role": "system", "content": _fill(self.system, row)})
+        messages.append({"role": "user", "content": _fill(self.user or "", row)})
+        if with_completion:
+            messages.append({"role": "assistant", "content": _fill(self.assistant or "", row)})
+        return messages
+
+    def prompt_text(self, row: Mapping[str, Any]) -> str:
+        """The prompt of a plain template."""
+        return _fill(self.prompt or "", row)
+
+    def completion_text(self, row: Mapping[str, Any]) -> str:
+        """The trained completion: the assistant reply or the plain completion."""
+        return _fill((self.assistant if self.kind == "chat" else self.completion) or "", row)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PromptTemplate":
+        known = {"kind", "system", "user", "assistant", "prompt", "completion", "messages_column"}
+        unknown = set(data) - known
+        if unknown:
+            raise TemplateError(f"unknown template fields {sorted(unknown)}; expected some of {sorted(known)}")
+        return cls(**dict(data))
+
+
+def _merge(lists: Any) -> list[str]:
+    out: list[str] = []
+    for names in lists:
+        out += [n for n in names if n not in out]
+    return out
+
+
+def _fill(fmt: str, row: Mapping[str, Any]) -> str:
+    values = {name: _as_text(row[name]) for name in placeholders(fmt) if name in row}
+    missing = [name for name in placeholders(fmt) if name not in values]
+    if missing:
+        raise TemplateError(f"row has no value for {missing}; it has columns {sorted(row)}")
+    # str.format_map would interpret the values; substitute one field at a time instead.
+    out = []
+    for literal, field, _, _ in string.Formatter().parse(fmt):
+        out.append(literal)
+        if field is not None:
+            out.append(values[field])
+    return "".join(out)
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def _conversation_column(row: Mapping[str, Any], column: str, with_completion: bool) -> list[dict[str, str]]:
+    messages = row.get(column)
+    if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
+        raise TemplateError(f"column {column!r} must hold a non-empty list of {{'role', 'content'}} messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise TemplateError(f"message {i} of column {column!r} must be {{'role': str, 'content': str}}, got {m!r}")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise TemplateError(f"message {i} has role {m['role']!r}; use 'system', 'user' or 'assistant'")
+        out.append({"role": m["role"], "content": m["content"]})
+    if not with_completion and out[-1]["role"] == "assistant":
+        out = out[:-1]
+    return out
