@@ -1,0 +1,185 @@
+"""Datasets in, clean rows out: load from many sources, check them against a template, split them.
+
+Everything here runs before any model is loaded, so a bad column or an empty file costs seconds,
+not a GPU-hour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..errors import DataError, EmptyDatasetError, MissingColumnError, UnsupportedFileError
+from ..template import PromptTemplate
+
+SAMPLE_DATASET = "counsel-sample"
+_FILE_KINDS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def sample_dataset_path() -> Path:
+    """The bundled synthetic counselling Q&A sample (CC0; see data/COUNSEL_SAMPLE.md)."""
+    return Path(__file__).with_name("counsel_sample.jsonl")
+
+
+@dataclass
+class CleanReport:
+    """What cleaning did: rows read, rows dropped for empty fields (per column), rows kept."""
+
+    rows_in: int = 0
+    dropped_empty: dict[str, int] = field(default_factory=dict)
+    rows_out: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.rows_in - self.rows_out
+
+
+def load_rows(source: Any, *, split: str = "train") -> list[dict[str, Any]]:
+    """Rows from a hub id, a csv/json/jsonl/parquet file, a DataFrame, a list of dicts or a Dataset."""
+    if isinstance(source, (list, tuple)):
+        if not all(isinstance(r, Mapping) for r in source):
+            raise DataError("a list dataset must hold dicts, one per row (e.g. [{'question': ..., 'answer': ...}])")
+        return [dict(r) for r in source]
+    if _is_dataframe(source):
+        return [dict(r) for r in source.to_dict(orient="records")]
+    if _is_hf_dataset(source):
+        return [dict(r) for r in source]
+    if isinstance(source, Path) or isinstance(source, str):
+        name = str(source)
+        if name == SAMPLE_DATASET:
+            return _read_file(sample_dataset_path())
+        path = Path(name).expanduser()
+        if path.exists():
+            return _read_file(path)
+        if "/" in name and not name.startswith((".", "/", "~")) and not Path(name).suffix:
+            return _load_hub(name, split)
+        raise DataError(f"dataset {name!r} is not a file, the bundled {SAMPLE_DATASET!r}, or a Hub id like 'org/name'")
+    raise DataError(f"cannot read a dataset from {type(source).__name__}; pass a file path, a Hub id, a pandas "
+                    "DataFrame, a list of dicts or a datasets.Dataset")
+
+
+def _is_dataframe(obj: Any) -> bool:
+    return type(obj).__module__.startswith("pandas") and hasattr(obj, "to_dict")
+
+
+def _is_hf_dataset(obj: Any) -> bool:
+    return type(obj).__module__.startswith("datasets") and hasattr(obj, "column_names")
+
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
+    if path.is_dir():
+        raise UnsupportedFileError(f"{path} is a directory; pass one .csv, .json, .jsonl or .parquet file")
+    kind = _FILE_KINDS.get(path.suffix.lower())
+    if kind is None:
+        raise UnsupportedFileError(f"{path.name}: unsupported file type {path.suffix or '(none)'!r}; "
+                                   "use .csv, .json, .jsonl or .parquet")
+    if kind != "parquet":
+        try:
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UnsupportedFileError(f"{path.name} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8, "
+                                       "e.g. iconv -f latin1 -t utf-8") from exc
+    try:
+        import datasets
+
+        loaded = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except ImportError as exc:
+        raise DataError("reading files needs the 'datasets' package: pip install 'finetune-sdk[train]'") from exc
+    except Exception as exc:  # pyarrow/json errors have many types; all mean "cannot parse"
+        raise UnsupportedFileError(f"could not parse {path.name} as {kind}: {exc}") from exc
+    return [dict(r) for r in loaded]
+
+
+def _load_hub(name: str, split: str) -> list[dict[str, Any]]:
+    try:
+        import datasets
+
+        return [dict(r) for r in datasets.load_dataset(name, split=split)]
+    except ImportError as exc:
+        raise DataError("Hub datasets need the 'datasets' package: pip install 'finetune-sdk[train]'") from exc
+    except Exception as exc:
+        raise DataError(f"could not load dataset {name!r} (split {split!r}) from the Hugging Face Hub: {exc}") from exc
+
+
+def _is_empty(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    if isinstance(value, str) and not value.strip():
+        return True
+    return isinstance(value, (list, tuple)) and not value
+
+
+def clean_rows(rows: Sequence[Mapping[str, Any]], template: PromptTemplate, *,
+               strict: bool = False) -> tuple[list[dict[str, Any]], CleanReport]:
+    """Check columns against the template and drop rows with empty/NaN fields (or raise when ``strict``)."""
+    if not rows:
+        raise EmptyDatasetError("the dataset has no rows")
+    present = set().union(*(r.keys() for r in rows[:1000]))
+    missing = [c for c in template.columns if c not in present]
+    if missing:
+        raise MissingColumnError(f"column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} not "
+                                 f"found; the dataset has: {', '.join(sorted(map(str, present)))}")
+    report = CleanReport(rows_in=len(rows))
+    kept = []
+    for i, row in enumerate(rows):
+        empty = [c for c in template.columns if _is_empty(row.get(c))]
+        if empty:
+            if strict:
+                raise DataError(f"row {i} has empty or missing {empty}; fix it or pass strict=False to drop such rows")
+            for c in empty:
+                report.dropped_empty[c] = report.dropped_empty.get(c, 0) + 1
+            continue
+        kept.append({c: row[c] for c in row})
+    report.rows_out = len(kept)
+    if not kept:
+        raise EmptyDatasetError(f"all {len(rows)} rows have an empty field among {template.columns}")
+    return kept, report
+
+
+def split_rows(rows: Sequence[dict[str, Any]], eval_fraction: float, seed: int,
+               stratify: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A seeded train/eval split; with ``stratify`` every value of that column keeps its share."""
+    if not 0 <= eval_fraction < 1:
+        raise DataError(f"eval_fraction={eval_fraction}; use a number in [0, 1)")
+    rng = random.Random(seed)
+    groups: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.get(stratify) if stratify else None, []).append(i)
+    eval_idx: set[int] = set()
+    for key in sorted(groups, key=str):
+        idx = groups[key]
+        rng.shuffle(idx)
+        eval_idx.update(idx[:round(len(idx) * eval_fraction)])
+    train = [r for i, r in enumerate(rows) if i not in eval_idx]
+    evals = [r for i, r in enumerate(rows) if i in eval_idx]
+    if not train:
+        raise EmptyDatasetError("no rows left for training after the eval split; lower eval_fraction")
+    return train, evals
+
+
+def fingerprint(rows: Iterable[Mapping[str, Any]]) -> str:
+    """A stable sha256 of the rows' JSON, recorded in the artifact."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, default=str, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return "sha256:" + digest.hexdigest()
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
