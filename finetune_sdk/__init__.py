@@ -1,0 +1,25 @@
+"""finetune_sdk: fine-tune a small open LLM on your data and serve it, locally or on AWS SageMaker.
+
+``import finetune_sdk`` stays light (no torch): services that only call endpoints import the
+Predictor without the training stack.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .artifact import Artifact
+from .errors import (ArtifactError, ConfigError, DataError, EmptyDatasetError, EndpointError, FineTuneError,
+                     MissingColumnError, MissingDependencyError, ModelError, TemplateError, TrainingError,
+                     UnsupportedFileError)
+from .predict import MockTransport, Prediction, Predictor
+from .spec import JobSpec, LoraSettings, TrainingSettings
+from .template import PromptTemplate
+from .tuner import FineTuner
+
+__all__ = [
+    "Artifact", "ArtifactError", "ConfigError", "DataError", "EmptyDatasetError", "EndpointError", "FineTuneError",
+    "FineTuner", "JobSpec", "LoraSettings", "MissingColumnError", "MissingDependencyError", "MockTransport",
+    "ModelError", "Prediction", "Predictor", "PromptTemplate", "TemplateError", "TrainingError",
+    "TrainingSettings", "UnsupportedFileError", "__version__",
+]

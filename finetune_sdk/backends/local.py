@@ -1,0 +1,81 @@
+"""Train on this machine (cuda > mps > cpu) with the SDK's one training program.
+
+By default the program runs in a child process (``python -m finetune_sdk.train``): a crash or
+``cancel()`` cannot take the caller down, and progress goes to the caller's terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import TrainingError
+from ..spec import JobSpec
+from .base import TrainingJob
+
+
+class LocalBackend:
+    """Runs jobs on this machine; ``in_process=True`` runs them in the calling process instead."""
+
+    def __init__(self, in_process: bool = False) -> None:
+        self.in_process = in_process
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def create(self, spec: JobSpec, *, resume: bool = False) -> TrainingJob:
+        folder = spec.work_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        spec_path = folder / "spec.json"
+        spec.save(spec_path)
+        job_id = str(folder.resolve())
+        (folder / "status.json").write_text(json.dumps({"status": "queued"}), encoding="utf-8")
+        if self.in_process:
+            from ..train.program import run
+
+            run(spec, resume=resume)
+        else:
+            cmd = [sys.executable, "-m", "finetune_sdk.train", "--spec", str(spec_path)] + (["--resume"] if resume else [])
+            self._processes[job_id] = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return self.retrieve(job_id)
+
+    def retrieve(self, job_id: str) -> TrainingJob:
+        folder = Path(job_id)
+        status_path = folder / "status.json"
+        if not status_path.is_file():
+            raise TrainingError(f"no local job at {job_id}")
+        data = json.loads(status_path.read_text(encoding="utf-8"))
+        process = self._processes.get(job_id)
+        status = data.get("status", "queued")
+        if process is not None and process.poll() is not None and status not in ("completed", "failed", "cancelled"):
+            status = "cancelled" if process.returncode < 0 else "failed"
+            data.setdefault("error", f"training process exited with code {process.returncode}")
+        if process is not None and process.poll() is not None and process.returncode == -signal.SIGTERM:
+            status = "cancelled"
+        spec = JobSpec.load(folder / "spec.json")
+        metrics = _saved_metrics(Path(spec.output_dir)) if status == "completed" else {}
+        return TrainingJob(id=job_id, backend=self, status=status, output_dir=spec.output_dir,
+                           started_at=data.get("started_at"), finished_at=data.get("finished_at"),
+                           error=data.get("error"), metrics=metrics)
+
+    def list_events(self, job_id: str) -> list[dict[str, Any]]:
+        path = Path(job_id) / "events.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def cancel(self, job_id: str) -> None:
+        process = self._processes.get(job_id)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+
+
+def _saved_metrics(artifact: Path) -> dict[str, Any]:
+    manifest = artifact / "finetune_sdk.json"
+    if not manifest.is_file():
+        return {}
+    return json.loads(manifest.read_text(encoding="utf-8")).get("metrics", {})

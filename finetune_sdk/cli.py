@@ -1,0 +1,116 @@
+"""The ``finetune-sdk`` command: demo, train, preview, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .errors import FineTuneError
+
+
+def _template_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="counsel-sample", help="csv/json/jsonl/parquet file, Hub id, or 'counsel-sample'")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="embedded name, local directory or Hub id")
+    p.add_argument("--system", help="system format string, e.g. 'You are a helpful assistant.'")
+    p.add_argument("--user", help="user format string over columns, e.g. '{questionText}'")
+    p.add_argument("--assistant", help="assistant format string, e.g. '{answerText}'")
+    p.add_argument("--prompt", help="plain template prompt (base models), instead of --user/--assistant")
+    p.add_argument("--completion", help="plain template completion")
+    p.add_argument("--messages-column", help="train on a column of chat messages instead")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--eval-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _template(args: argparse.Namespace) -> Any:
+    from .template import PromptTemplate
+
+    if args.messages_column:
+        return PromptTemplate.messages(args.messages_column)
+    if args.prompt or args.completion:
+        return PromptTemplate.plain(args.prompt or "", args.completion or "")
+    if not args.user and not args.assistant and args.data == "counsel-sample":
+        from .demo import COUNSEL_TEMPLATE
+
+        return COUNSEL_TEMPLATE
+    return PromptTemplate.chat(user=args.user or "", assistant=args.assistant or "", system=args.system)
+
+
+def _tuner(args: argparse.Namespace, **extra: Any) -> Any:
+    from .tuner import FineTuner
+
+    return FineTuner(args.model, args.data, _template(args), max_length=args.max_length,
+                     eval_fraction=args.eval_fraction, seed=args.seed, **extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="finetune-sdk", description="Fine-tune a small LLM and serve it.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="fine-tune the embedded model on the bundled data; show before/after")
+    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--epochs", type=float, default=None)
+
+    train = sub.add_parser("train", help="fine-tune a model and write an artifact directory")
+    _template_args(train)
+    train.add_argument("--output", default="runs/finetune")
+    train.add_argument("--method", default="lora", choices=["lora", "qlora", "full"])
+    train.add_argument("--epochs", type=float, default=2.0)
+    train.add_argument("--lr", type=float, default=5e-4)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lora-r", type=int, default=16)
+    train.add_argument("--merge", action="store_true", help="also write merged/ weights")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+
+    preview = sub.add_parser("preview", help="show rendered examples with trained tokens marked, and lint them")
+    _template_args(preview)
+    preview.add_argument("-n", type=int, default=3)
+
+    predict = sub.add_parser("predict", help="generate with a trained artifact")
+    predict.add_argument("artifact")
+    predict.add_argument("input", help="text for the template's prompt column, or a JSON object of columns")
+    predict.add_argument("--max-new-tokens", type=int, default=None)
+    predict.add_argument("--temperature", type=float, default=None)
+
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except FineTuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.output, **({"epochs": args.epochs} if args.epochs else {}))
+    elif args.command == "train":
+        from .spec import LoraSettings, TrainingSettings
+
+        tuner = _tuner(args, output_dir=args.output, method=args.method, lora=LoraSettings(r=args.lora_r, alpha=2 * args.lora_r),
+                       training=TrainingSettings(epochs=args.epochs, learning_rate=args.lr,
+                                                 batch_size=args.batch_size, merge=args.merge))
+        artifact = tuner.train(resume=args.resume)
+        print(json.dumps({"artifact": str(artifact.path), **artifact.metrics}, indent=2, default=str))
+    elif args.command == "preview":
+        _tuner(args).preview(args.n)
+    elif args.command == "predict":
+        from .predict import Predictor
+
+        source: Any = args.input
+        if source.lstrip().startswith("{"):
+            source = json.loads(source)
+        generation = {k: v for k, v in (("max_new_tokens", args.max_new_tokens),
+                                        ("temperature", args.temperature)) if v is not None}
+        if "temperature" in generation:
+            generation["do_sample"] = True
+        with Predictor.local(args.artifact) as predictor:
+            print(predictor.predict(source, **generation).text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

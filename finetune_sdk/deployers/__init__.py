@@ -1,0 +1,1 @@
+"""Deployers turn an artifact into a running endpoint and return a Predictor bound to it."""

@@ -1,0 +1,1 @@
+"""Serving: the generation engine (and, later, the HTTP server program)."""

@@ -1,0 +1,134 @@
+"""The job spec: everything a training backend needs, as one JSON-serializable pydantic model.
+
+It is what the local backend hands to the training program and what travels to SageMaker, so it
+round-trips through JSON exactly; unknown keys (from a newer SDK) warn instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+SPEC_VERSION = 1
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    @model_validator(mode="after")
+    def _warn_unknown(self) -> "_Settings":
+        if self.model_extra:
+            warnings.warn(f"{type(self).__name__}: ignoring unknown keys {sorted(self.model_extra)} "
+                          "(written by a newer finetune_sdk?)", stacklevel=2)
+        return self
+
+
+class LoraSettings(_Settings):
+    """LoRA adapter shape. Defaults measured on the bundled data: see docs/local-training.md."""
+
+    r: int = Field(16, ge=1, le=1024, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module name suffixes to adapt, or 'all-linear' (every linear layer but the head)")
+
+
+class TrainingSettings(_Settings):
+    """Optimisation and bookkeeping settings of one run."""
+
+    epochs: float = Field(2.0, gt=0, description="passes over the training rows (fractions allowed)")
+    learning_rate: float = Field(5e-4, gt=0, lt=1)
+    batch_size: int = Field(8, ge=1, description="examples per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    save_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    merge: bool = Field(False, description="also write merged/ (adapter folded into the base weights)")
+    gradient_checkpointing: bool = False
+    progress: bool = True
+
+
+class DataRef(BaseModel):
+    """Where the cleaned, split rows are (JSONL files written before training starts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train_path: str
+    eval_path: str | None = None
+    fingerprint: str
+    train_rows: int
+    eval_rows: int = 0
+    dropped_rows: int = 0
+
+
+class JobSpec(_Settings):
+    """One fine-tuning job, backend-independent."""
+
+    spec_version: int = SPEC_VERSION
+    model: str
+    revision: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    template: dict[str, Any]
+    data: DataRef
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    max_length: int = Field(1024, ge=8)
+    truncation: Literal["prompt", "drop"] = "prompt"
+    seed: int = 0
+    output_dir: str
+
+    @field_validator("template")
+    @classmethod
+    def _template_is_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from .template import PromptTemplate
+
+        return PromptTemplate.from_dict(value).to_dict()
+
+    @property
+    def work_dir(self) -> Path:
+        """The run's folder beside the artifact: spec, data, checkpoints, events and status."""
+        out = Path(self.output_dir)
+        return out.with_name(out.name + ".work")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        try:
+            return cls.model_validate(json.loads(text))
+        except (ValidationError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"invalid job spec: {exc}") from exc
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "JobSpec":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def settings(cls: type[_Settings], value: Any) -> Any:
+    """Build settings from None, a dict or an instance, turning pydantic errors into ConfigError."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls.model_validate(dict(value))
+    except (ValidationError, TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc

@@ -1,0 +1,51 @@
+"""Length-grouped batches with dynamic padding: little padding, no fixed 512-token rows.
+
+Indices are shuffled per epoch (seeded), cut into pools of many batches, sorted by length inside each
+pool and batched, so neighbours have similar lengths; the batch order is shuffled again.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from ..encoding import IGNORE_INDEX, Encoded
+
+POOL_BATCHES = 32
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches (lists of example indices) of one epoch; the same seed and epoch give the same list."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = batch_size * POOL_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, "torch.Tensor"]:  # noqa: F821
+    """Right-pad to the longest example; padding gets attention 0 and label -100 (never trained)."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def padding_efficiency(examples: Sequence[Encoded], batches: Sequence[Sequence[int]]) -> float:
+    """Real (non-pad) tokens / all tokens in the padded batches."""
+    real = sum(len(examples[i].input_ids) for b in batches for i in b)
+    total = sum(len(b) * max(len(examples[i].input_ids) for i in b) for b in batches)
+    return real / total if total else 1.0

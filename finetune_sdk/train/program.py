@@ -1,0 +1,316 @@
+"""The one training program: setup, train, save. Every backend runs this same code.
+
+    python -m finetune_sdk.train --spec spec.json [--resume]
+
+The run's folder (``<output_dir>.work``) holds the spec, the data files, checkpoints, ``events.jsonl``
+and ``status.json``; the artifact appears at ``output_dir`` only once it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..artifact import staged_directory, write_manifest
+from ..data import read_jsonl
+from ..encoding import Encoded, Encoder, encode_dataset
+from ..errors import ConfigError, EmptyDatasetError, MissingDependencyError, TrainingError
+from ..models import load_model, load_tokenizer, resolve_model
+from ..spec import JobSpec
+from ..template import PromptTemplate
+from .batching import collate, epoch_batches, padding_efficiency
+from .checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from .loss import completion_loss
+from .preflight import check_lora_targets
+
+
+class RunLog:
+    """Appends events to ``events.jsonl`` and keeps ``status.json`` current, for any backend to read."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def event(self, kind: str, **data: Any) -> None:
+        record = {"time": _now(), "event": kind, **data}
+        with open(self.folder / "events.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=str) + "\n")
+
+    def status(self, status: str, **data: Any) -> None:
+        path = self.folder / "status.json"
+        current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        current.update(status=status, updated_at=_now(), **data)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, indent=2, default=str), encoding="utf-8")
+        tmp.replace(path)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def pick_device(preference: str) -> torch.device:
+    """cuda > mps > cpu for 'auto'; an explicit choice must be available."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if preference == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
+    if not available[preference]:
+        raise ConfigError(f"device={preference!r} is not available here; use device='auto' or 'cpu'")
+    return torch.device(preference)
+
+
+def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that support it, fp32 elsewhere (CPUs without native bf16 train faster in fp32)."""
+    if preference == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return getattr(torch, preference)
+
+
+def prepare_model(spec: JobSpec, model: Any) -> Any:
+    """Wrap the model for the spec's method (LoRA / QLoRA / full) and return the trainable model."""
+    if spec.method == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    targets = spec.lora.target_modules
+    check_lora_targets(model, targets)
+    if spec.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
+    config = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+                        target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def _load_for_method(spec: JobSpec, ref: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    kwargs: dict[str, Any] = {}
+    if spec.method == "qlora":
+        if device.type != "cuda":
+            raise ConfigError("method='qlora' needs a CUDA GPU; use method='lora' on CPU or Apple MPS")
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as exc:
+            raise MissingDependencyError("method='qlora' needs bitsandbytes: pip install bitsandbytes") from exc
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": device.index or 0}
+    model = load_model(ref, dtype=dtype, trust_remote_code=spec.trust_remote_code,
+                       allow_pickle=spec.allow_pickle, **kwargs)
+    if spec.method != "qlora":
+        model.to(device)
+    if spec.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
+
+
+def _lr_lambda(kind: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if kind == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+    return factor
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_loss(model: Any, examples: list[Encoded], pad_id: int, device: torch.device,
+                  dtype: torch.dtype, batch_size: int = 16) -> float | None:
+    """Mean loss per trained token over ``examples`` (None when there are none)."""
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        batch = _to(collate([examples[i] for i in order[start:start + batch_size]], pad_id), device)
+        with _autocast(device, dtype):
+            loss, n = completion_loss(model, batch)
+        total += float(loss)
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def run(spec: JobSpec, *, resume: bool = False, overwrite: bool = True) -> Path:
+    """Train according to ``spec`` and write the artifact to ``spec.output_dir``; return its path."""
+    folder = spec.work_dir
+    log = RunLog(folder)
+    log.status("running", started_at=_now())
+    try:
+        path = _run(spec, log, resume=resume, overwrite=overwrite)
+    except BaseException as exc:
+        log.status("failed" if isinstance(exc, Exception) else "cancelled", finished_at=_now(),
+                   error=f"{type(exc).__name__}: {exc}")
+        raise
+    log.status("completed", finished_at=_now(), artifact=str(path))
+    return path
+
+
+def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
+    settings = spec.training
+    random.seed(spec.seed)
+    torch.manual_seed(spec.seed)
+    device = pick_device(settings.device)
+    dtype = pick_dtype(settings.dtype, device)
+
+    # -- setup: tokenize everything before the (expensive) model load --------------------------
+    ref = resolve_model(spec.model, spec.revision)
+    tokenizer = load_tokenizer(ref, trust_remote_code=spec.trust_remote_code)
+    encoder = Encoder(tokenizer, PromptTemplate.from_dict(spec.template), max_length=spec.max_length,
+                      truncation=spec.truncation)
+    train_examples, train_stats = encode_dataset(encoder, read_jsonl(Path(spec.data.train_path)))
+    eval_rows = read_jsonl(Path(spec.data.eval_path)) if spec.data.eval_path else []
+    eval_examples, _ = encode_dataset(encoder, eval_rows)
+    if not train_examples:
+        raise EmptyDatasetError(
+            f"no trainable rows: {train_stats.dropped_too_long} longer than max_length={spec.max_length} "
+            f"and {train_stats.dropped_no_completion} with nothing to train; raise max_length or shorten rows")
+    log.event("data", train_examples=len(train_examples), eval_examples=len(eval_examples),
+              truncated=train_stats.truncated, dropped_too_long=train_stats.dropped_too_long,
+              dropped_no_completion=train_stats.dropped_no_completion)
+
+    model = prepare_model(spec, _load_for_method(spec, ref, dtype, device))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    lengths = [len(e.input_ids) for e in train_examples]
+    groups_per_epoch = math.ceil(math.ceil(len(lengths) / settings.batch_size) / settings.grad_accum)
+    total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * groups_per_epoch))
+    warmup = int(settings.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings.lr_scheduler, warmup, total_steps))
+
+    checkpoints = spec.work_dir / "checkpoints"
+    state = TrainState()
+    if resume and list_checkpoints(checkpoints):
+        latest = list_checkpoints(checkpoints)[-1]
+        state = load_checkpoint(latest, model, optimizer, scheduler)
+        log.event("resumed", checkpoint=latest.name, step=state.step)
+
+    # -- train ---------------------------------------------------------------------------------
+    pad_id = tokenizer.pad_token_id
+    real_tokens = padded_tokens = 0
+    losses: list[float] = []
+    eval_history: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    bar = _progress(total_steps, state.step, enabled=settings.progress)
+    while state.step < total_steps:
+        batches = epoch_batches(lengths, settings.batch_size, spec.seed, state.epoch)
+        groups = [batches[i:i + settings.grad_accum] for i in range(0, len(batches), settings.grad_accum)]
+        for g in range(state.group_in_epoch, len(groups)):
+            if state.step >= total_steps:
+                break
+            group = groups[g]
+            n_trained = sum(train_examples[i].n_trained for b in group for i in b)
+            step_loss = 0.0
+            for batch_idx in group:
+                batch = _to(collate([train_examples[i] for i in batch_idx], pad_id), device)
+                with _autocast(device, dtype):
+                    loss, _ = completion_loss(model, batch)
+                (loss / n_trained).backward()
+                step_loss += float(loss) / n_trained
+                real_tokens += int(batch["attention_mask"].sum())
+                padded_tokens += batch["input_ids"].numel()
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.group_in_epoch = g + 1
+            losses.append(step_loss)
+            elapsed = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{real_tokens / max(elapsed, 1e-9):.0f}", epoch=state.epoch)
+            if state.step % settings.save_every == 0 and state.step < total_steps:
+                path = save_checkpoint(checkpoints, model, optimizer, scheduler, state, settings.keep_checkpoints)
+                log.event("checkpoint", step=state.step, path=str(path))
+        if state.group_in_epoch >= len(groups):
+            eval_loss = evaluate_loss(model, eval_examples, pad_id, device, dtype)
+            eval_history.append({"epoch": state.epoch + 1, "step": state.step, "eval_loss": eval_loss})
+            log.event("epoch_end", epoch=state.epoch + 1, step=state.step, eval_loss=eval_loss,
+                      train_loss=sum(losses[-groups_per_epoch:]) / max(1, len(losses[-groups_per_epoch:])))
+            state.epoch += 1
+            state.group_in_epoch = 0
+    bar.close()
+    train_seconds = time.perf_counter() - started
+    final_eval = eval_history[-1]["eval_loss"] if eval_history else evaluate_loss(
+        model, eval_examples, pad_id, device, dtype)
+
+    # -- save ----------------------------------------------------------------------------------
+    metrics = {
+        "train_loss_last": losses[-1] if losses else None,
+        "eval_loss": final_eval,
+        "eval_history": eval_history,
+        "steps": state.step,
+        "train_seconds": round(train_seconds, 2),
+        "real_tokens": real_tokens,
+        "real_tokens_per_second": round(real_tokens / max(train_seconds, 1e-9), 1),
+        "padding_efficiency": round(real_tokens / max(padded_tokens, 1), 4),
+        "expected_padding_efficiency": round(padding_efficiency(
+            train_examples, epoch_batches(lengths, settings.batch_size, spec.seed, 0)), 4),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    manifest = {
+        "sdk_version": __version__,
+        "created_at": _now(),
+        "base_model": ref.to_dict(),
+        "method": spec.method,
+        "template": spec.template,
+        "end_of_turn": encoder.end_of_turn,
+        "stop_tokens": [tokenizer.convert_ids_to_tokens(i) for i in encoder.stop_token_ids],
+        "generation": {"max_new_tokens": 256, "do_sample": False},
+        "max_length": spec.max_length,
+        "truncation": spec.truncation,
+        "dataset": {**spec.data.model_dump(exclude={"train_path", "eval_path"}),
+                    "truncated": train_stats.truncated, "dropped_too_long": train_stats.dropped_too_long,
+                    "dropped_no_completion": train_stats.dropped_no_completion},
+        "lora": spec.lora.model_dump() if spec.method != "full" else None,
+        "training": settings.model_dump(),
+        "seed": spec.seed,
+        "metrics": metrics,
+    }
+    with staged_directory(Path(spec.output_dir), overwrite=overwrite) as stage:
+        if spec.method != "full":
+            model.peft_config["default"].base_model_name_or_path = ref.path
+            model.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        if settings.merge or spec.method == "full":
+            merged = model.merge_and_unload() if spec.method != "full" else model
+            merged.save_pretrained(stage / "merged")
+            tokenizer.save_pretrained(stage / "merged")
+        write_manifest(stage, manifest)
+    log.event("saved", artifact=spec.output_dir, metrics=metrics)
+    return Path(spec.output_dir)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="training", unit="step", dynamic_ncols=True)

@@ -1,0 +1,135 @@
+"""FineTuner: one object from a dataset and a prompt template to a trained artifact and an endpoint.
+
+    tuner = FineTuner("smollm2-135m-instruct", "counsel-sample", template, output_dir="runs/counsel")
+    tuner.preview(2)              # what is trained, what is masked
+    artifact = tuner.train()      # backend="local" by default; "sagemaker" is one argument away
+    predictor = tuner.deploy()    # deployer="inprocess" by default
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from .artifact import Artifact
+from .data import CleanReport, clean_rows, fingerprint, load_rows, split_rows, write_jsonl
+from .errors import ArtifactError, ConfigError
+from .models import DEFAULT_MODEL, check_model_name
+from .registry import BACKENDS, DEPLOYERS, resolve
+from .spec import DataRef, JobSpec, LoraSettings, TrainingSettings, settings
+from .template import PromptTemplate
+
+if TYPE_CHECKING:
+    from .predict import Predictor
+    from .preview import Preview
+
+
+class FineTuner:
+    """Validates everything up front (columns, template, settings, model name), then delegates.
+
+    Nothing is loaded or written until :meth:`train`; a bad column or setting fails here, in seconds.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        dataset: Any = "counsel-sample",
+        template: PromptTemplate | None = None,
+        *,
+        output_dir: str | Path = "runs/finetune",
+        backend: Any = "local",
+        method: Literal["lora", "qlora", "full"] = "lora",
+        lora: LoraSettings | dict[str, Any] | None = None,
+        training: TrainingSettings | dict[str, Any] | None = None,
+        eval_fraction: float = 0.1,
+        stratify: str | None = None,
+        seed: int = 0,
+        max_length: int = 1024,
+        truncation: Literal["prompt", "drop"] = "prompt",
+        strict: bool = False,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+    ) -> None:
+        if template is None:
+            raise ConfigError("pass a template, e.g. PromptTemplate.chat(user='{question}', assistant='{answer}')")
+        if not isinstance(template, PromptTemplate):
+            raise ConfigError(f"template must be a PromptTemplate, got {type(template).__name__}")
+        if method not in ("lora", "qlora", "full"):
+            raise ConfigError(f"method={method!r}; use 'lora', 'qlora' or 'full'")
+        check_model_name(model)
+        self.model = model
+        self.template = template
+        self.output_dir = Path(output_dir)
+        self.backend = resolve(BACKENDS, backend, "backend")
+        self.method = method
+        self.lora = settings(LoraSettings, lora)
+        self.training = settings(TrainingSettings, training)
+        self.seed = seed
+        self.revision = revision
+        self.trust_remote_code = trust_remote_code
+        self.allow_pickle = allow_pickle
+        self.max_length = max_length
+        self.truncation = truncation
+        if stratify is not None and stratify not in template.columns:
+            raise ConfigError(f"stratify={stratify!r} is not a template column ({template.columns})")
+        rows, self.clean_report = clean_rows(load_rows(dataset), template, strict=strict)
+        self.train_rows, self.eval_rows = split_rows(rows, eval_fraction, seed, stratify)
+        self.job = None
+        self._artifact: Artifact | None = None
+        self._spec: JobSpec | None = None
+
+    @property
+    def report(self) -> CleanReport:
+        return self.clean_report
+
+    def spec(self) -> JobSpec:
+        """The job spec this tuner would run (data files are written when training starts)."""
+        work = self.output_dir.with_name(self.output_dir.name + ".work")
+        data = DataRef(train_path=str((work / "data" / "train.jsonl").resolve()),
+                       eval_path=str((work / "data" / "eval.jsonl").resolve()) if self.eval_rows else None,
+                       fingerprint=fingerprint(self.train_rows + self.eval_rows),
+                       train_rows=len(self.train_rows), eval_rows=len(self.eval_rows),
+                       dropped_rows=self.clean_report.dropped)
+        return JobSpec(model=self.model, revision=self.revision, trust_remote_code=self.trust_remote_code,
+                       allow_pickle=self.allow_pickle, template=self.template.to_dict(), data=data,
+                       method=self.method, lora=self.lora, training=self.training, max_length=self.max_length,
+                       truncation=self.truncation, seed=self.seed, output_dir=str(self.output_dir.resolve()))
+
+    def preview(self, n: int = 3, *, color: bool | None = None, file: Any = None) -> "Preview":
+        """Render ``n`` training examples with trained vs masked tokens and lint them (prints them)."""
+        from .preview import preview_rows
+
+        return preview_rows(self.model, self.template, self.train_rows, n=n, color=color, file=file,
+                            max_length=self.max_length, truncation=self.truncation,
+                            trust_remote_code=self.trust_remote_code)
+
+    def train(self, *, resume: bool = False, wait: bool = True) -> Artifact:
+        """Write the data files, start the backend job and (by default) wait for the artifact."""
+        from .train.preflight import preflight
+
+        spec = self.spec()
+        self.encode_stats = preflight(spec, self.train_rows)
+        write_jsonl(self.train_rows, Path(spec.data.train_path))
+        if spec.data.eval_path:
+            write_jsonl(self.eval_rows, Path(spec.data.eval_path))
+        self._spec = spec
+        self.job = self.backend.create(spec, resume=resume)
+        if not wait:
+            return None  # type: ignore[return-value]
+        self.job.wait()
+        self._artifact = Artifact.load(self.output_dir)
+        return self._artifact
+
+    @property
+    def artifact(self) -> Artifact:
+        if self._artifact is None:
+            try:
+                self._artifact = Artifact.load(self.output_dir)
+            except ArtifactError as exc:
+                raise ArtifactError(f"no trained artifact yet at {self.output_dir}; call train() first") from exc
+        return self._artifact
+
+    def deploy(self, deployer: Any = "inprocess", **options: Any) -> "Predictor":
+        """Serve the trained artifact and return a Predictor bound to it."""
+        return resolve(DEPLOYERS, deployer, "deployer").deploy(self.artifact, **options)

@@ -1,0 +1,95 @@
+"""Real training runs on a tiny random Llama (SmolLM2 tokenizer), through the public API."""
+
+import json
+
+import pytest
+import torch
+
+from finetune_sdk import FineTuner, Predictor, TrainingSettings
+from finetune_sdk.backends.local import LocalBackend
+from tests.conftest import COUNSEL
+
+PROMPTS = ["I haven't slept properly since March.", "My brother keeps borrowing money and never pays it back.",
+           "Every time I see a red car I'm back at the crash."]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory, counsel_rows):
+    """One LoRA run with merge=True, trained in a child process (the default local backend)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:96], COUNSEL, output_dir=out, eval_fraction=0.25,
+                      training=TrainingSettings(epochs=1, batch_size=8, learning_rate=1e-3, merge=True, progress=False))
+    return tuner, tuner.train()
+
+
+def test_artifact_layout_and_manifest(trained):
+    tuner, artifact = trained
+    files = {p.name for p in artifact.path.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "finetune_sdk.json", "tokenizer.json", "merged"} <= files
+    m = artifact.manifest
+    assert m["template"] == COUNSEL.to_dict() and m["stop_tokens"] == ["<|im_end|>"]
+    assert m["dataset"]["train_rows"] == 72 and m["dataset"]["eval_rows"] == 24
+    assert m["dataset"]["fingerprint"].startswith("sha256:")
+    assert m["metrics"]["steps"] == 9 and m["metrics"]["eval_loss"] > 0
+    assert m["metrics"]["padding_efficiency"] >= 0.8
+    assert not list(artifact.path.parent.glob(".tiny.staging-*"))
+    events = [e["event"] for e in tuner.job.events()]
+    assert events[0] == "data" and events[-1] == "saved"
+    assert tuner.job.status == "completed"
+
+
+def test_vanilla_peft_and_transformers_load_the_artifact_and_agree(trained, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tuner, artifact = trained
+    predictor = tuner.deploy()
+    ours = [p.text for p in predictor.predict_batch(PROMPTS, max_new_tokens=8)]
+    encoder = predictor.transport.engine.encoder
+    tokenizer = encoder.tokenizer
+    base = AutoModelForCausalLM.from_pretrained(json.loads((artifact.path / "adapter_config.json").read_text())
+                                                ["base_model_name_or_path"])
+    peft_model = PeftModel.from_pretrained(base, str(artifact.path)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(artifact.path / "merged").eval()
+    for model in (peft_model, merged):
+        texts = []
+        for prompt in PROMPTS:
+            ids = torch.tensor([encoder.encode_prompt({"questionText": prompt})])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                 do_sample=False, eos_token_id=encoder.stop_token_ids,
+                                 pad_token_id=tokenizer.pad_token_id)
+            new = out[0, ids.shape[1]:].tolist()
+            new = new[:next((i for i, t in enumerate(new) if t in encoder.stop_token_ids), len(new))]
+            texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+        assert texts == ours
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, tmp_path, counsel_rows):
+    """Stopping after 4 steps and resuming gives the same adapter as one uninterrupted run."""
+    def tuner(out, max_steps):
+        return FineTuner(str(tiny_model_dir), counsel_rows[:64], COUNSEL, output_dir=out, eval_fraction=0,
+                         backend=LocalBackend(in_process=True),
+                         training=TrainingSettings(epochs=1, batch_size=8, save_every=2, max_steps=max_steps,
+                                                   warmup_ratio=0, lr_scheduler="constant", progress=False))
+
+    full = tuner(tmp_path / "full", 8).train()
+    first = tuner(tmp_path / "resumed", 4)
+    first.train()
+    assert (tmp_path / "resumed.work" / "checkpoints" / "step-000002").is_dir()
+    resumed = tuner(tmp_path / "resumed", 8).train(resume=True)
+    assert [e["event"] for e in tuner(tmp_path / "resumed", 8).backend.list_events(
+        str((tmp_path / "resumed.work").resolve()))].count("resumed") == 1
+    from safetensors.torch import load_file
+
+    a = load_file(full.path / "adapter_model.safetensors")
+    b = load_file(resumed.path / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_predictor_stops_at_end_of_turn_and_counts_tokens(trained):
+    tuner, _ = trained
+    with tuner.deploy() as predictor:
+        p = predictor.predict(PROMPTS[0], max_new_tokens=5)
+    assert p.finish_reason in ("stop", "length") and p.completion_tokens <= 5 and p.prompt_tokens > 10

@@ -1,0 +1,39 @@
+import pytest
+
+from finetune_sdk import PromptTemplate, TemplateError
+from tests.conftest import COUNSEL
+
+
+def test_chat_template_columns_and_conversation():
+    assert COUNSEL.columns == ["questionText", "topic"]
+    assert COUNSEL.prompt_columns == ["questionText"]
+    row = {"questionText": "I can't stop worrying {about} money", "topic": "anxiety"}
+    assert COUNSEL.conversation(row) == [
+        {"role": "system", "content": "You are a mental health assistant."},
+        {"role": "user", "content": "I can't stop worrying {about} money"},  # braces in values stay literal
+        {"role": "assistant", "content": "Based on what you've described, this sounds like anxiety."},
+    ]
+    assert COUNSEL.conversation(row, with_completion=False)[-1]["role"] == "user"
+
+
+def test_plain_and_messages_templates():
+    plain = PromptTemplate.plain("Q: {q}\nA:", " {a}")
+    assert plain.columns == ["q", "a"] and plain.prompt_text({"q": "hi"}) == "Q: hi\nA:"
+    msgs = PromptTemplate.messages("conv")
+    assert msgs.columns == ["conv"]
+    row = {"conv": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    assert msgs.conversation(row, with_completion=False) == [{"role": "user", "content": "a"}]
+
+
+@pytest.mark.parametrize("bad", ["{}", "{0}", "{a.b}", "{a[0]}", "{a!r}", "{a:>10}", "{a", "a}"])
+def test_malformed_placeholders_fail_when_built(bad):
+    with pytest.raises(TemplateError, match="placeholder|format string"):
+        PromptTemplate.chat(user=bad, assistant="{x}")
+
+
+def test_round_trip_and_unknown_fields():
+    assert PromptTemplate.from_dict(COUNSEL.to_dict()) == COUNSEL
+    with pytest.raises(TemplateError, match="unknown template fields"):
+        PromptTemplate.from_dict({**COUNSEL.to_dict(), "sytem": "typo"})
+    with pytest.raises(TemplateError, match="needs both"):
+        PromptTemplate.chat(user="{q}", assistant="")
