@@ -66,8 +66,5 @@ def run_demo(output_dir: str | Path = "runs/demo", *, epochs: float = 2.0, learn
             "artifact": str(artifact.path)}
 
 
-def _answers(predictor: Predictor, questions: list[dict[str, str]], batch: int = 16) -> list[str]:
-    out: list[str] = []
-    for start in range(0, len(questions), batch):
-        out += [p.text for p in predictor.predict_batch(questions[start:start + batch], max_new_tokens=24)]
-    return out
+def _answers(predictor: Predictor, questions: list[dict[str, str]]) -> list[str]:
+    return [p.text for p in predictor.predict_batch(questions, max_new_tokens=24)]

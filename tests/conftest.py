@@ -48,7 +48,7 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
     return folder
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def counsel_rows() -> list[dict]:
     from finetune_sdk.data import sample_dataset_path
 

@@ -36,8 +36,10 @@ class GenerationEngine:
     """Loads a model once and generates for batches of inputs (left-padded, greedy by default)."""
 
     def __init__(self, model: Any, tokenizer: Any, template: PromptTemplate, *,
-                 defaults: Mapping[str, Any] | None = None, max_length: int = 1024) -> None:
+                 defaults: Mapping[str, Any] | None = None, max_length: int = 1024,
+                 max_batch_size: int = 16) -> None:
         self.model = model.eval()
+        self.max_batch_size = max_batch_size
         self.tokenizer = tokenizer
         self.template = template
         self.encoder = Encoder(tokenizer, template, max_length=max_length)
@@ -92,38 +94,47 @@ class GenerationEngine:
                             "columns or a list of chat messages")
 
     def generate(self, inputs: Sequence[Any], **parameters: Any) -> list[Generation]:
-        """Generate one reply per input, as one left-padded batch."""
+        """Generate one reply per input; inputs are grouped by length into left-padded batches."""
         unknown = set(parameters) - GENERATION_KEYS
         if unknown:
             raise ConfigError(f"unknown generation parameters {sorted(unknown)}; known: {sorted(GENERATION_KEYS)}")
         params = {**self.defaults, **{k: v for k, v in parameters.items() if v is not None}}
+        if not isinstance(params.get("max_new_tokens"), int) or params["max_new_tokens"] < 1:
+            raise ConfigError(f"max_new_tokens must be a whole number >= 1, got {params.get('max_new_tokens')!r}")
         prompts = [self.prompt_ids(x) for x in inputs]
-        stop_strings = params.pop("stop", None) or []
-        stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings)
+        stop = params.pop("stop", None) or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
         seed = params.pop("seed", None)
         params.pop("return_full_text", None)
-        if params.get("max_new_tokens", 1) < 1:
-            raise ConfigError("max_new_tokens must be at least 1")
         if not params.get("do_sample"):
             params = {k: v for k, v in params.items() if k not in ("temperature", "top_p", "top_k")}
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[Generation | None] = [None] * len(prompts)
+        with self._lock, torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            for start in range(0, len(order), self.max_batch_size):
+                chunk = order[start:start + self.max_batch_size]
+                for i, g in zip(chunk, self._generate_batch([prompts[i] for i in chunk], params, stop)):
+                    results[i] = g
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, prompts: list[list[int]], params: dict[str, Any], stop: list[str]) -> list[Generation]:
         pad = self.tokenizer.pad_token_id
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         device = next(self.model.parameters()).device
         stop_ids = self.encoder.stop_token_ids
-        with self._lock, torch.inference_mode():
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                      eos_token_id=stop_ids, pad_token_id=pad, **params)
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  eos_token_id=stop_ids, pad_token_id=pad, **params)
         results = []
         for prompt, row in zip(prompts, out[:, width:].tolist()):
             ended = next((i for i, t in enumerate(row) if t in stop_ids), None)
             tokens = row[:ended] if ended is not None else row
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             finish = "stop" if ended is not None else "length"
-            for s in stop_strings:
+            for s in stop:
                 if s and s in text:
                     text, finish = text[:text.index(s)], "stop"
             results.append(Generation(text.strip(), finish, len(prompt), len(tokens)))

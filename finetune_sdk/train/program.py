@@ -234,7 +234,7 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
                 with _autocast(device, dtype):
                     loss, _ = completion_loss(model, batch)
                 (loss / n_trained).backward()
-                step_loss += float(loss) / n_trained
+                step_loss += float(loss.detach()) / n_trained
                 real_tokens += int(batch["attention_mask"].sum())
                 padded_tokens += batch["input_ids"].numel()
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
