@@ -37,6 +37,8 @@ class LoraSettings(_Settings):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="module name suffixes to adapt, or 'all-linear' (every linear layer but the head)")
+    layers: list[int] | None = Field(
+        None, description="decoder layers that get adapters (None = all); backpropagation stops at the lowest one")
 
 
 class TrainingSettings(_Settings):
@@ -46,6 +48,8 @@ class TrainingSettings(_Settings):
     learning_rate: float = Field(5e-4, gt=0, lt=1)
     batch_size: int = Field(8, ge=1, description="examples per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    prompt_loss_weight: float = Field(
+        0.0, ge=0, le=1, description="weight of an extra loss on prompt tokens (0 = completion-only)")
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
@@ -57,6 +61,8 @@ class TrainingSettings(_Settings):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     merge: bool = Field(False, description="also write merged/ (adapter folded into the base weights)")
     gradient_checkpointing: bool = False
+    cache_frozen_layers: bool = Field(
+        True, description="with LoRA on the top layers only, compute the frozen layers once per example")
     progress: bool = True
 
 

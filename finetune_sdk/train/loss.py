@@ -21,16 +21,30 @@ def supports_selective_head(model: Any) -> bool:
     return not any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale"))
 
 
-def completion_loss(model: Any, batch: dict[str, torch.Tensor], *, reduction: str = "sum") -> tuple[torch.Tensor, int]:
-    """Summed (or mean) next-token loss over trained positions, and the number of those positions."""
+def completion_loss(model: Any, batch: dict[str, torch.Tensor], *, prompt_loss_weight: float = 0.0,
+                    hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Summed next-token loss over trained positions, and the number of those positions.
+
+    With ``prompt_loss_weight > 0`` the prompt's real tokens are also predicted, each weighted by it
+    (labels are unchanged: this is an extra, down-weighted language-modelling term). ``hidden`` is
+    the decoder's last hidden state when the caller computed it (see frozen_cache.py).
+    """
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX
     n = int(keep.sum())
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if supports_selective_head(base):
-        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    if prompt_loss_weight > 0:
+        select = keep | batch["attention_mask"][:, 1:].bool()
+        targets = torch.where(keep, labels, batch["input_ids"][:, 1:])[select]
+        weights = torch.where(keep, 1.0, prompt_loss_weight)[select]
     else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
-    loss = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
-    return (loss if reduction == "sum" else loss / max(n, 1)), n
+        select, targets, weights = keep, labels[keep], None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hidden is not None or supports_selective_head(base):
+        if hidden is None:
+            hidden = base.get_decoder()(input_ids=batch["input_ids"],
+                                        attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = base.get_output_embeddings()(hidden[:, :-1][select])
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][select]
+    losses = F.cross_entropy(logits.float(), targets, reduction="none")
+    return (losses * weights).sum() if weights is not None else losses.sum(), n

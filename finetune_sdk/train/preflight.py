@@ -48,10 +48,14 @@ def preflight(spec: JobSpec, train_rows: Sequence[dict[str, Any]]) -> EncodeStat
     eot = tokenizer.convert_tokens_to_ids(encoder.end_of_turn)
     if any(e.labels[-1] != eot for e in examples[:50]):
         raise TemplateError(f"the end-of-turn token {encoder.end_of_turn!r} is not trained; the model would never stop")
-    if spec.method != "full" and spec.lora.target_modules != "all-linear":
+    if spec.method != "full" and (spec.lora.target_modules != "all-linear" or spec.lora.layers is not None):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         config = AutoConfig.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=spec.trust_remote_code)
+        n_layers = getattr(config, "num_hidden_layers", None)
+        bad = [i for i in spec.lora.layers or [] if n_layers is not None and not 0 <= i < n_layers]
+        if bad:
+            raise ConfigError(f"LoRA layers {bad} do not exist; {spec.model} has layers 0 to {n_layers - 1}")
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
         check_lora_targets(skeleton, spec.lora.target_modules)

@@ -27,6 +27,7 @@ from ..models import load_model, load_tokenizer, resolve_model
 from ..spec import JobSpec
 from ..template import PromptTemplate
 from .batching import collate, epoch_batches, padding_efficiency
+from .frozen_cache import FrozenLayerCache
 from .checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from .loss import completion_loss
 from .preflight import check_lora_targets
@@ -84,10 +85,14 @@ def prepare_model(spec: JobSpec, model: Any) -> Any:
 
     targets = spec.lora.target_modules
     check_lora_targets(model, targets)
+    if spec.lora.layers is not None and targets == "all-linear":  # PEFT needs names to pick layers
+        head = model.get_output_embeddings()
+        targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                          if isinstance(m, torch.nn.Linear) and m is not head})
     if spec.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
     config = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
-                        target_modules=targets, task_type="CAUSAL_LM")
+                        target_modules=targets, layers_to_transform=spec.lora.layers, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 
@@ -215,6 +220,7 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
 
     # -- train ---------------------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id
+    cache = _frozen_layer_cache(spec, model, train_examples, pad_id, device, log)
     real_tokens = padded_tokens = 0
     losses: list[float] = []
     eval_history: list[dict[str, Any]] = []
@@ -232,7 +238,10 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
             for batch_idx in group:
                 batch = _to(collate([train_examples[i] for i in batch_idx], pad_id), device)
                 with _autocast(device, dtype):
-                    loss, _ = completion_loss(model, batch)
+                    hidden = (cache.forward(cache.batch_hidden(batch_idx, batch["input_ids"].shape[1], device),
+                                            batch["attention_mask"]) if cache else None)
+                    loss, _ = completion_loss(model, batch, prompt_loss_weight=settings.prompt_loss_weight,
+                                              hidden=hidden)
                 (loss / n_trained).backward()
                 step_loss += float(loss.detach()) / n_trained
                 real_tokens += int(batch["attention_mask"].sum())
@@ -308,6 +317,23 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
         write_manifest(stage, manifest)
     log.event("saved", artifact=spec.output_dir, metrics=metrics)
     return Path(spec.output_dir)
+
+
+def _frozen_layer_cache(spec: JobSpec, model: Any, examples: list[Encoded], pad_id: int,
+                        device: torch.device, log: RunLog) -> FrozenLayerCache | None:
+    """A cache of the frozen layers' outputs when LoRA adapts only upper layers (None otherwise)."""
+    first = min(spec.lora.layers) if spec.method != "full" and spec.lora.layers else 0
+    if first == 0 or not spec.training.cache_frozen_layers:
+        return None
+    started = time.perf_counter()
+    cache = FrozenLayerCache(model, first)
+    cache.build(examples, device)
+    probe = list(range(min(4, len(examples))))
+    if not cache.agrees_with_full_model(probe, _to(collate([examples[i] for i in probe], pad_id), device)):
+        return None
+    log.event("frozen_layer_cache", layers_skipped=first, examples=len(examples),
+              seconds=round(time.perf_counter() - started, 2))
+    return cache
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -93,3 +93,45 @@ def test_predictor_stops_at_end_of_turn_and_counts_tokens(trained):
     with tuner.deploy() as predictor:
         p = predictor.predict(PROMPTS[0], max_new_tokens=5)
     assert p.finish_reason in ("stop", "length") and p.completion_tokens <= 5 and p.prompt_tokens > 10
+
+
+def test_full_fine_tuning_writes_a_merged_model_that_serves(tiny_model_dir, tmp_path, counsel_rows):
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:16], COUNSEL, output_dir=tmp_path / "full", method="full",
+                      eval_fraction=0, backend=LocalBackend(in_process=True),
+                      training=TrainingSettings(max_steps=2, batch_size=8, progress=False))
+    artifact = tuner.train()
+    assert artifact.merged_path is not None and not artifact.has_adapter
+    assert artifact.manifest["method"] == "full" and artifact.manifest["lora"] is None
+    with tuner.deploy() as predictor:
+        assert predictor.predict(PROMPTS[1], max_new_tokens=3).completion_tokens <= 3
+
+
+def test_lora_on_chosen_layers_only_and_prompt_loss_weight(tiny_model_dir, tmp_path, counsel_rows):
+    from safetensors.torch import load_file
+
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:16], COUNSEL, output_dir=tmp_path / "top", eval_fraction=0,
+                      backend=LocalBackend(in_process=True), lora={"layers": [1]},
+                      training=TrainingSettings(max_steps=1, batch_size=8, prompt_loss_weight=0.1, progress=False))
+    weights = load_file(tuner.train().path / "adapter_model.safetensors")
+    assert weights and all(".layers.1." in key for key in weights)
+    assert {key.split(".")[-3] for key in weights} >= {"q_proj", "down_proj"}
+
+
+def test_frozen_layer_cache_gives_the_same_adapter(tiny_model_dir, tmp_path, counsel_rows):
+    """LoRA on the top layer only: caching the frozen layer's outputs changes speed, not results."""
+    from safetensors.torch import load_file
+
+    def train(name, cache):
+        tuner = FineTuner(str(tiny_model_dir), counsel_rows[:32], COUNSEL, output_dir=tmp_path / name,
+                          eval_fraction=0, backend=LocalBackend(in_process=True), lora={"layers": [1]},
+                          training=TrainingSettings(max_steps=3, batch_size=8, cache_frozen_layers=cache,
+                                                    progress=False))
+        artifact = tuner.train()
+        return load_file(artifact.path / "adapter_model.safetensors"), [e["event"] for e in tuner.backend.list_events(
+            str((tmp_path / f"{name}.work").resolve()))]
+
+    cached, events = train("cached", True)
+    plain, plain_events = train("plain", False)
+    assert "frozen_layer_cache" in events and "frozen_layer_cache" not in plain_events
+    for key in plain:
+        torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-5)

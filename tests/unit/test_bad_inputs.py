@@ -56,6 +56,8 @@ CASES = [
     ("all rows too long", lambda t: {"max_length": 16}, EmptyDatasetError, "longer than max_length=16", "train"),
     ("invalid LoRA target module", lambda t: {"lora": {"target_modules": ["query_key_value"]}}, ConfigError,
      "its linear layers are: ['down_proj', 'gate_proj'", "train"),
+    ("LoRA layer out of range", lambda t: {"lora": {"layers": [28, 30]}}, ConfigError,
+     "LoRA layers [30] do not exist; smollm2-135m-instruct has layers 0 to 29", "train"),
     ("qlora without a GPU", lambda t: {"method": "qlora"}, ConfigError, "needs a CUDA GPU", "train"),
 ]
 

@@ -1,0 +1,26 @@
+"""The finetune-sdk command, run in process on a tiny model."""
+
+import json
+
+from finetune_sdk.cli import main
+
+
+def test_preview_train_predict_and_errors(tiny_model_dir, tmp_path, counsel_rows, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in counsel_rows[:24]))
+    common = ["--model", str(tiny_model_dir), "--data", str(data), "--user", "{questionText}",
+              "--assistant", "Topic: {topic}"]
+    assert main(["preview", *common, "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "⟦Topic: " in out and "lint: OK (22 rows checked)" in out
+
+    artifact = tmp_path / "artifact"
+    assert main(["train", *common, "--output", str(artifact), "--epochs", "1", "--batch-size", "8"]) == 0
+    assert json.loads(capsys.readouterr().out)["artifact"] == str(artifact.resolve())
+
+    assert main(["predict", str(artifact), "I can't sleep", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+
+    assert main(["preview", "--model", str(tiny_model_dir), "--data", str(data), "--user", "{question}",
+                 "--assistant", "{topic}"]) == 2
+    assert "error: column 'question' not found; the dataset has:" in capsys.readouterr().err
