@@ -13,7 +13,7 @@ from typing import Any
 from .eval import extract_label, label_accuracy
 from .models import DEFAULT_MODEL
 from .predict import Predictor
-from .spec import TrainingSettings
+from .spec import LoraSettings, TrainingSettings
 from .template import PromptTemplate
 from .tuner import FineTuner
 
@@ -24,12 +24,18 @@ COUNSEL_TEMPLATE = PromptTemplate.chat(
 )
 
 
-def run_demo(output_dir: str | Path = "runs/demo", *, epochs: float = 2.0, learning_rate: float = 5e-4,
+# Measured on a 2-core CPU (docs/local-training.md): adapting the top 15 of SmolLM2's 30 layers with
+# the frozen-layer cache trains twice as fast per epoch as all layers, and 3 epochs of it match or beat
+# 2 epochs on all layers in held-out accuracy in less time.
+DEMO_LORA = LoraSettings(r=16, alpha=32, layers=list(range(15, 30)))
+
+
+def run_demo(output_dir: str | Path = "runs/demo", *, epochs: float = 3.0, learning_rate: float = 1e-3,
              eval_fraction: float = 0.2, show: int = 4, seed: int = 0, batch_size: int = 8) -> dict[str, Any]:
     """Train, compare base vs tuned on the held-out split, print a report and return the numbers."""
     started = time.perf_counter()
     tuner = FineTuner(DEFAULT_MODEL, "counsel-sample", COUNSEL_TEMPLATE, output_dir=output_dir,
-                      eval_fraction=eval_fraction, stratify="topic", seed=seed,
+                      eval_fraction=eval_fraction, stratify="topic", seed=seed, lora=DEMO_LORA,
                       training=TrainingSettings(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size))
     held_out = tuner.eval_rows
     topics = sorted({r["topic"] for r in tuner.train_rows + held_out})
@@ -58,7 +64,7 @@ def run_demo(output_dir: str | Path = "runs/demo", *, epochs: float = 2.0, learn
     metrics = artifact.metrics
     print(f"\nheld-out topic accuracy ({len(held_out)} questions): base {base_acc:.1%} -> tuned {tuned_acc:.1%}")
     print(f"tuned answers naming a known topic: {stopped}/{len(after)}")
-    print(f"training: {metrics['steps']} steps in {metrics['train_seconds']:.0f} s, "
+    print(f"\ntraining: {metrics['steps']} steps in {metrics['train_seconds']:.0f} s, "
           f"{metrics['real_tokens_per_second']:.0f} real tokens/s, padding efficiency "
           f"{metrics['padding_efficiency']:.2f}, eval loss {metrics['eval_loss']:.3f}")
     print(f"artifact: {artifact.path}\ndemo wall time: {time.perf_counter() - started:.0f} s")

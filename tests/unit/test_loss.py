@@ -30,7 +30,7 @@ def test_selective_head_matches_full_logits():
     loss, n = completion_loss(model, batch)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     ref = F.cross_entropy(logits[:, :-1].reshape(-1, 50), batch["labels"][:, 1:].reshape(-1), reduction="sum")
-    assert n == 6
+    assert n == 7  # 4 trained targets in row 0, 3 in row 1
     torch.testing.assert_close(loss, ref)
 
 
@@ -42,4 +42,4 @@ def test_prompt_loss_weight_adds_weighted_prompt_tokens():
     ce = F.cross_entropy(logits.reshape(-1, 50), batch["input_ids"][:, 1:].reshape(-1), reduction="none").view(2, 8)
     prompt = (batch["labels"][:, 1:] == IGNORE_INDEX) & batch["attention_mask"][:, 1:].bool()
     torch.testing.assert_close(weighted, base + 0.5 * ce[prompt].sum())
-    assert n == 6
+    assert n == 7  # 4 trained targets in row 0, 3 in row 1
