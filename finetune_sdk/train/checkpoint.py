@@ -25,6 +25,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     group_in_epoch: int = 0
+    data_fingerprint: str = ""
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

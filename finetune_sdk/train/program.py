@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -212,10 +213,15 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings.lr_scheduler, warmup, total_steps))
 
     checkpoints = spec.work_dir / "checkpoints"
-    state = TrainState()
-    if resume and list_checkpoints(checkpoints):
+    state = TrainState(data_fingerprint=spec.data.fingerprint)
+    if not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # a fresh run must never resume from an older one
+    elif list_checkpoints(checkpoints):
         latest = list_checkpoints(checkpoints)[-1]
         state = load_checkpoint(latest, model, optimizer, scheduler)
+        if state.data_fingerprint != spec.data.fingerprint:
+            raise TrainingError(f"the checkpoint {latest} was trained on different data; train again without "
+                                "resume=True, or restore the original dataset")
         log.event("resumed", checkpoint=latest.name, step=state.step)
 
     # -- train ---------------------------------------------------------------------------------

@@ -81,6 +81,14 @@ def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, tmp_path, cou
         str((tmp_path / "resumed.work").resolve()))].count("resumed") == 1
     from safetensors.torch import load_file
 
+    from finetune_sdk import TrainingError
+
+    other_data = FineTuner(str(tiny_model_dir), counsel_rows[1:65], COUNSEL, output_dir=tmp_path / "resumed",
+                           eval_fraction=0, backend=LocalBackend(in_process=True),
+                           training=TrainingSettings(epochs=1, batch_size=8, max_steps=8, progress=False))
+    with pytest.raises(TrainingError, match="trained on different data"):
+        other_data.train(resume=True)
+
     a = load_file(full.path / "adapter_model.safetensors")
     b = load_file(resumed.path / "adapter_model.safetensors")
     assert a.keys() == b.keys()
