@@ -9,8 +9,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .artifact import Artifact
-from .errors import (ArtifactError, ConfigError, DataError, EmptyDatasetError, EndpointError, FineTuneError,
-                     MissingColumnError, MissingDependencyError, ModelError, TemplateError, TrainingError,
+from .errors import (ArtifactError, AuthenticationError, BadRequest, ConfigError, DataError, EmptyDatasetError,
+                     EndpointError, EndpointTimeout, EndpointUnavailable, FineTuneError, MissingColumnError,
+                     MissingDependencyError, ModelError, RateLimited, TemplateError, TrainingError,
                      UnsupportedFileError)
 from .predict import MockTransport, Prediction, Predictor
 from .spec import JobSpec, LoraSettings, TrainingSettings
@@ -18,8 +19,9 @@ from .template import PromptTemplate
 from .tuner import FineTuner
 
 __all__ = [
-    "Artifact", "ArtifactError", "ConfigError", "DataError", "EmptyDatasetError", "EndpointError", "FineTuneError",
-    "FineTuner", "JobSpec", "LoraSettings", "MissingColumnError", "MissingDependencyError", "MockTransport",
-    "ModelError", "Prediction", "Predictor", "PromptTemplate", "TemplateError", "TrainingError",
+    "Artifact", "ArtifactError", "AuthenticationError", "BadRequest", "ConfigError", "DataError",
+    "EmptyDatasetError", "EndpointError", "EndpointTimeout", "EndpointUnavailable", "FineTuneError", "FineTuner",
+    "JobSpec", "LoraSettings", "MissingColumnError", "MissingDependencyError", "MockTransport",
+    "ModelError", "Prediction", "Predictor", "PromptTemplate", "RateLimited", "TemplateError", "TrainingError",
     "TrainingSettings", "UnsupportedFileError", "__version__",
 ]

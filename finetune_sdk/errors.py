@@ -11,7 +11,12 @@
     │   └── MissingDependencyError   an optional package is not installed (message has the pip line)
     ├── TrainingError          the training run failed
     ├── ArtifactError          an artifact directory is missing, incomplete or from a newer SDK
-    └── EndpointError          a prediction request failed
+    └── EndpointError          a prediction request failed (.status, .body when the endpoint answered)
+        ├── BadRequest             the endpoint rejected the request (4xx); fix the request, do not retry
+        ├── AuthenticationError    401/403: missing or wrong API key
+        ├── RateLimited            429: too many requests (retried with backoff first)
+        ├── EndpointTimeout        no answer in time, or 408 (retried first)
+        └── EndpointUnavailable    connection refused/reset or 5xx (retried first)
 
 Errors from torch, transformers, datasets, boto3 or httpx are translated at the seam that calls them
 (``raise X from exc``) so users catch one family and read what to do next.
@@ -65,4 +70,34 @@ class ArtifactError(FineTuneError):
 
 
 class EndpointError(FineTuneError):
-    """A prediction request failed."""
+    """A prediction request failed; ``status`` and ``body`` hold the endpoint's answer when there was one.
+
+    ``retry_after`` is the server's Retry-After hint in seconds, when it sent one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, body: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class BadRequest(EndpointError):
+    """The endpoint rejected the request (4xx); retrying the same request cannot help."""
+
+
+class AuthenticationError(EndpointError):
+    """The endpoint needs a valid API key (401/403)."""
+
+
+class RateLimited(EndpointError):
+    """The endpoint is throttling requests (429)."""
+
+
+class EndpointTimeout(EndpointError):
+    """The endpoint did not answer in time."""
+
+
+class EndpointUnavailable(EndpointError):
+    """The endpoint could not be reached or failed on its side (5xx)."""

@@ -15,6 +15,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 DEPLOYERS: dict[str, tuple[str, str]] = {
     "inprocess": ("finetune_sdk.deployers.inprocess:InProcessDeployer", "pip install 'finetune-sdk[train]'"),
+    "local": ("finetune_sdk.deployers.local:LocalServerDeployer", "pip install 'finetune-sdk[serve]'"),
 }
 
 

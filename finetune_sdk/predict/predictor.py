@@ -64,6 +64,17 @@ class Predictor:
         return cls(InProcessTransport.from_artifact(path, device=device))
 
     @classmethod
+    def from_url(cls, url: str, api_key: str | None = None, *, timeout: float = 60.0,
+                 max_retries: int = 3) -> "Predictor":
+        """An HTTP endpoint that speaks ``/invocations`` (our local server, a SageMaker container, TGI).
+
+        Timeouts, connection errors, 408, 429 and 5xx are retried up to ``max_retries`` times.
+        """
+        from .http import HttpTransport
+
+        return cls(HttpTransport(url, api_key=api_key, timeout=timeout, max_retries=max_retries))
+
+    @classmethod
     def base_model(cls, model: str, template: Any, *, device: str = "auto") -> "Predictor":
         """A base model with no adapter, under the same template (for before/after comparisons)."""
         from .inprocess import InProcessTransport

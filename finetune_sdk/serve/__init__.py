@@ -1,1 +1,1 @@
-"""Serving: the generation engine (and, later, the HTTP server program)."""
+"""Serving: the generation engine and the HTTP server program (``python -m finetune_sdk.serve``)."""

@@ -35,3 +35,11 @@ def test_import_does_not_pull_torch():
     code = "import sys, finetune_sdk; print(sorted(m for m in ('torch', 'transformers', 'peft', 'datasets') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_import_does_not_pull_the_server_stack():
+    """Services that only call endpoints need neither fastapi nor uvicorn, even with the HTTP Predictor."""
+    code = ("import sys, finetune_sdk, finetune_sdk.predict.http, finetune_sdk.deployers.local; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

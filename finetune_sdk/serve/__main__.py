@@ -1,0 +1,76 @@
+"""``python -m finetune_sdk.serve ARTIFACT_DIR``: serve an artifact over HTTP (local deployer, containers).
+
+Exit codes: 0 after a clean shutdown, 2 for a refused configuration (e.g. a public bind with no API
+key), 1 when the artifact cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ConfigError, FineTuneError, MissingDependencyError
+
+API_KEY_ENV = "FINETUNE_SDK_API_KEY"
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse to expose an unauthenticated model beyond this machine."""
+    if api_key or _is_loopback(host):
+        return
+    raise ConfigError(f"refusing to listen on {host!r} without an API key: anyone who can reach this machine "
+                      f"could use the model; pass --api-key KEY (or set {API_KEY_ENV}), or bind to 127.0.0.1")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune_sdk.serve",
+                                     description="Serve a finetune_sdk artifact: SageMaker /invocations and "
+                                                 "the OpenAI API.")
+    parser.add_argument("artifact", help="the artifact directory a training run wrote")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--max-new-tokens-cap", type=int, default=1024)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    try:
+        check_bind(args.host, api_key)
+        try:
+            import uvicorn
+
+            from .app import create_app
+        except ImportError as exc:
+            raise MissingDependencyError(f"the server needs {exc.name}; install it with: "
+                                         "pip install 'finetune-sdk[serve]'") from exc
+        from .engine import GenerationEngine
+
+        engine = GenerationEngine.from_artifact(args.artifact, device=args.device)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FineTuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(engine, api_key=api_key, max_new_tokens_cap=args.max_new_tokens_cap,
+                     model_name=Path(args.artifact).resolve().name)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The HTTP server: the SageMaker container contract and the OpenAI API around one GenerationEngine.
+
+    GET  /ping, /health            200 once the model is loaded (no key needed: load balancers poll them)
+    POST /invocations              {"inputs", "parameters"} or {"messages"} -> [{"generated_text", "details"}]
+    POST /v1/chat/completions      OpenAI chat completions, plain or ``stream: true`` (SSE)
+    POST /v1/completions           OpenAI completions; the prompt fills the template's one prompt column
+    GET  /v1/models                the one model this server holds
+
+Every error is ``{"error": {"message", "type"}}`` with a 4xx/5xx status. Generation runs in a worker
+thread (the engine serialises it with its own lock), so the event loop keeps answering /ping.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from functools import partial
+from typing import Any, AsyncIterator, Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import ConfigError
+
+OPENAI_CHAT_KEYS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
+                    "seed", "stream", "stream_options", "n", "user"}
+OPENAI_COMPLETION_KEYS = (OPENAI_CHAT_KEYS - {"messages", "max_completion_tokens"}) | {"prompt"}
+STREAM_CHUNK_WORDS = 4
+
+
+class ApiError(Exception):
+    """An error answered to the client as ``{"error": {"message", "type"}}``."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+
+
+def create_app(engine: Any, *, api_key: str | None = None, max_body_bytes: int = 1_000_000,
+               max_new_tokens_cap: int = 1024, model_name: str = "finetune-sdk") -> FastAPI:
+    """A FastAPI app serving ``engine`` (a loaded GenerationEngine); uvicorn or a test client runs it."""
+    app = FastAPI(title="finetune_sdk server", docs_url=None, redoc_url=None, openapi_url=None)
+    server = _Server(engine, api_key, max_body_bytes, max_new_tokens_cap, model_name)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc.status, exc.message, exc.type)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error_response(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(400, str(exc), "invalid_request_error")
+
+    @app.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": model_name}
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Any:
+        body = await server.read_json(request)
+        return await server.invocations(body)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        body = await server.read_json(request)
+        return await server.chat_completions(body)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        body = await server.read_json(request)
+        return await server.completions(body)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        server.check_key(request)
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
+                                            "owned_by": "finetune-sdk"}]}
+
+    return app
+
+
+class _Server:
+    """Request parsing and generation, kept apart from routing so each route reads in three lines."""
+
+    def __init__(self, engine: Any, api_key: str | None, max_body_bytes: int, max_new_tokens_cap: int,
+                 model_name: str) -> None:
+        self.engine = engine
+        self.api_key = api_key
+        self.max_body_bytes = max_body_bytes
+        self.cap = max_new_tokens_cap
+        self.model_name = model_name
+
+    # -- request checks --------------------------------------------------------------------------
+    def check_key(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>' "
+                                "with the key the server was started with", "authentication_error")
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        """The JSON object in the body, after the key, content-type and size checks."""
+        self.check_key(request)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise ApiError(415, f"content type {content_type or '(none)'!r} is not supported; "
+                                "send a JSON body with 'Content-Type: application/json'")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+        try:
+            body = json.loads(b"".join(chunks))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the body is not valid JSON ({exc})") from exc
+        if not isinstance(body, dict):
+            raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}")
+        return body
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"the body is larger than {self.max_body_bytes} bytes; send fewer or shorter inputs "
+                             "per request")
+
+    def parameters(self, given: Any) -> dict[str, Any]:
+        """Generation parameters with max_new_tokens checked against the server's cap."""
+        if given is None:
+            given = {}
+        if not isinstance(given, Mapping):
+            raise ApiError(400, f"'parameters' must be an object, got {type(given).__name__}")
+        params = dict(given)
+        requested = params.get("max_new_tokens")
+        if requested is None:
+            params["max_new_tokens"] = min(self.engine.defaults.get("max_new_tokens", self.cap), self.cap)
+        elif isinstance(requested, int) and not isinstance(requested, bool) and requested > self.cap:
+            raise ApiError(400, f"max_new_tokens={requested} is over this server's cap of {self.cap}; ask for fewer")
+        return params
+
+    # -- generation ------------------------------------------------------------------------------
+    async def generate(self, inputs: list[Any], params: dict[str, Any]) -> list[Any]:
+        """Run the engine in a worker thread; its ConfigError/TemplateError are the caller's fault (400)."""
+        try:
+            return await run_in_threadpool(partial(self.engine.generate, inputs, **params))
+        except ConfigError as exc:
+            raise ApiError(400, str(exc)) from exc
+        except Exception as exc:
+            raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error") from exc
+
+    async def prompt_texts(self, inputs: list[Any]) -> list[str]:
+        """The rendered prompts, for ``return_full_text``."""
+        def render() -> list[str]:
+            return [self.engine.tokenizer.decode(self.engine.prompt_ids(x), skip_special_tokens=True)
+                    for x in inputs]
+        return await run_in_threadpool(render)
+
+    async def invocations(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        if "messages" in body:
+            inputs = [body["messages"]]
+        elif "inputs" in body:
+            inputs = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
+        else:
+            raise ApiError(400, "the body needs 'inputs' (a string, an object of template columns or a list "
+                                "of them) or 'messages' (a chat conversation)")
+        if not inputs:
+            raise ApiError(400, "'inputs' is an empty list; send at least one input")
+        inputs = [_messages(x) if isinstance(x, list) else x for x in inputs]
+        params = self.parameters(body.get("parameters"))
+        full_text = params.get("return_full_text") is True
+        generations = await self.generate(inputs, params)
+        prefixes = await self.prompt_texts(inputs) if full_text else [""] * len(inputs)
+        return [{"generated_text": prefix + g.text,
+                 "details": {"finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
+                             "completion_tokens": g.completion_tokens}}
+                for prefix, g in zip(prefixes, generations)]
+
+    async def chat_completions(self, body: dict[str, Any]) -> Any:
+        self._check_openai_keys(body, OPENAI_CHAT_KEYS)
+        messages = _messages(body.get("messages"))
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        (generation,) = await self.generate([messages], self._openai_parameters(body, limit))
+        reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        usage = _usage([generation])
+        if body.get("stream"):
+            return _sse(_chat_chunks(reply_id, created, self.model_name, generation, body))
+        return {"id": reply_id, "object": "chat.completion", "created": created, "model": self.model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": generation.text},
+                             "finish_reason": generation.finish_reason, "logprobs": None}],
+                "usage": usage}
+
+    async def completions(self, body: dict[str, Any]) -> Any:
+        self._check_openai_keys(body, OPENAI_COMPLETION_KEYS)
+        prompt = body.get("prompt")
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ApiError(400, "'prompt' must be a string or a list of strings; each fills the template's "
+                                "one prompt column")
+        generations = await self.generate(prompts, self._openai_parameters(body, body.get("max_tokens")))
+        reply_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.get("stream"):
+            return _sse(_completion_chunks(reply_id, created, self.model_name, generations, body))
+        return {"id": reply_id, "object": "text_completion", "created": created, "model": self.model_name,
+                "choices": [{"index": i, "text": g.text, "finish_reason": g.finish_reason, "logprobs": None}
+                            for i, g in enumerate(generations)],
+                "usage": _usage(generations)}
+
+    def _check_openai_keys(self, body: dict[str, Any], known: set[str]) -> None:
+        unknown = set(body) - known
+        if unknown:
+            raise ApiError(400, f"unsupported parameters {sorted(unknown)}; this server understands {sorted(known)}")
+        if body.get("n", 1) != 1:
+            raise ApiError(400, "n must be 1; send several requests for several replies")
+
+    def _openai_parameters(self, body: dict[str, Any], limit: Any) -> dict[str, Any]:
+        """OpenAI sampling fields as engine parameters: temperature > 0 samples, absent or 0 is greedy."""
+        params: dict[str, Any] = {"max_new_tokens": limit, "stop": body.get("stop"), "seed": body.get("seed")}
+        temperature = body.get("temperature")
+        if isinstance(temperature, (int, float)) and temperature > 0:
+            params.update(do_sample=True, temperature=float(temperature), top_p=body.get("top_p"))
+        return self.parameters({k: v for k, v in params.items() if v is not None})
+
+
+def _error_response(status: int, message: str, type: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type}}, status_code=status)
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    """Chat messages checked and flattened: OpenAI's list-of-parts content becomes its joined text."""
+    if not isinstance(value, list) or not value:
+        raise ApiError(400, "'messages' must be a non-empty list of {'role', 'content'} objects")
+    out = []
+    for i, message in enumerate(value):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content
+                              if isinstance(part, dict) and part.get("type") == "text")
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(content, str):
+            raise ApiError(400, f"message {i} must be {{'role': str, 'content': str}}, got {message!r:.200}")
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _usage(generations: list[Any]) -> dict[str, int]:
+    prompt = sum(g.prompt_tokens for g in generations)
+    completion = sum(g.completion_tokens for g in generations)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _pieces(text: str) -> list[str]:
+    """The reply in a few-word pieces that join back to exactly ``text``."""
+    words = text.split(" ")
+    return [" ".join(words[i:i + STREAM_CHUNK_WORDS]) + (" " if i + STREAM_CHUNK_WORDS < len(words) else "")
+            for i in range(0, len(words), STREAM_CHUNK_WORDS)]
+
+
+def _chat_chunks(reply_id: str, created: int, model: str, generation: Any, body: dict[str, Any]) -> list[dict]:
+    def chunk(delta: dict[str, str], finish: str | None = None) -> dict[str, Any]:
+        return {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": piece}) for piece in _pieces(generation.text)]
+    chunks.append(chunk({}, generation.finish_reason))
+    if _include_usage(body):
+        chunks.append({**chunk({}), "choices": [], "usage": _usage([generation])})
+    return chunks
+
+
+def _completion_chunks(reply_id: str, created: int, model: str, generations: list[Any],
+                       body: dict[str, Any]) -> list[dict]:
+    def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+        return {"id": reply_id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": None}]}
+
+    chunks = []
+    for i, g in enumerate(generations):
+        chunks += [chunk(i, piece) for piece in _pieces(g.text)]
+        chunks.append(chunk(i, "", g.finish_reason))
+    if _include_usage(body):
+        chunks.append({**chunk(0, ""), "choices": [], "usage": _usage(generations)})
+    return chunks
+
+
+def _sse(chunks: list[dict[str, Any]]) -> StreamingResponse:
+    """Server-sent events: one ``data: {json}`` per chunk, then ``data: [DONE]``."""
+    async def events() -> AsyncIterator[str]:
+        for chunk in chunks:
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
