@@ -13,13 +13,13 @@ from .errors import (ArtifactError, AuthenticationError, BadRequest, ConfigError
                      EndpointError, EndpointTimeout, EndpointUnavailable, FineTuneError, MissingColumnError,
                      MissingDependencyError, ModelError, RateLimited, TemplateError, TrainingError,
                      UnsupportedFileError)
-from .predict import MockTransport, Prediction, Predictor
+from .predict import AsyncPredictor, MockTransport, Prediction, Predictor
 from .spec import JobSpec, LoraSettings, TrainingSettings
 from .template import PromptTemplate
 from .tuner import FineTuner
 
 __all__ = [
-    "Artifact", "ArtifactError", "AuthenticationError", "BadRequest", "ConfigError", "DataError",
+    "Artifact", "ArtifactError", "AsyncPredictor", "AuthenticationError", "BadRequest", "ConfigError", "DataError",
     "EmptyDatasetError", "EndpointError", "EndpointTimeout", "EndpointUnavailable", "FineTuneError", "FineTuner",
     "JobSpec", "LoraSettings", "MissingColumnError", "MissingDependencyError", "MockTransport",
     "ModelError", "Prediction", "Predictor", "PromptTemplate", "RateLimited", "TemplateError", "TrainingError",

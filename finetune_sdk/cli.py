@@ -1,4 +1,4 @@
-"""The ``finetune-sdk`` command: demo, train, preview, predict."""
+"""The ``finetune-sdk`` command: demo, train, preview, predict, serve."""
 
 from __future__ import annotations
 
@@ -68,13 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     _template_args(preview)
     preview.add_argument("-n", type=int, default=3)
 
-    predict = sub.add_parser("predict", help="generate with a trained artifact")
-    predict.add_argument("artifact")
+    predict = sub.add_parser("predict", help="generate with a trained artifact, or with a server (--url)")
+    predict.add_argument("artifact", nargs="?", help="the artifact directory (leave out with --url)")
     predict.add_argument("input", help="text for the template's prompt column, or a JSON object of columns")
+    predict.add_argument("--url", help="an endpoint that speaks /invocations, e.g. http://127.0.0.1:8080")
+    predict.add_argument("--api-key", default=None, help="the server's key (with --url)")
     predict.add_argument("--max-new-tokens", type=int, default=None)
     predict.add_argument("--temperature", type=float, default=None)
 
+    serve = sub.add_parser("serve", help="serve an artifact over HTTP: /invocations and the OpenAI API")
+    serve.add_argument("artifact", help="the artifact directory a training run wrote")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (needed off loopback)")
+
     args = parser.parse_args(argv)
+    if args.command == "predict" and (args.artifact is None) == (args.url is None):
+        parser.error("predict needs either ARTIFACT (in this process) or --url URL (a server), not both")
     try:
         return _dispatch(args)
     except FineTuneError as exc:
@@ -107,8 +117,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                                         ("temperature", args.temperature)) if v is not None}
         if "temperature" in generation:
             generation["do_sample"] = True
-        with Predictor.local(args.artifact) as predictor:
+        predictor = Predictor.from_url(args.url, api_key=args.api_key) if args.url else Predictor.local(args.artifact)
+        with predictor:
             print(predictor.predict(source, **generation).text)
+    elif args.command == "serve":
+        from .serve.__main__ import main as serve_main
+
+        extra = ["--api-key", args.api_key] if args.api_key else []
+        return serve_main([args.artifact, "--host", args.host, "--port", str(args.port), *extra])
     return 0
 
 

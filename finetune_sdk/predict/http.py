@@ -1,28 +1,23 @@
 """A transport that posts Predictor requests to an HTTP endpoint's ``/invocations`` route.
 
-Retries follow the openai-python policy: only connection errors, timeouts, 408, 429 and 5xx are
-retried, with capped, jittered exponential backoff that honours the server's ``Retry-After``. Any
-other 4xx is the caller's mistake and fails at once. Failures surface as the SDK's EndpointError family.
+The retry policy (what is retried, the backoff, the typed errors) lives in :mod:`.retry`, shared with
+the async twin in :mod:`.async_http`; this module only does the blocking I/O.
 """
 
 from __future__ import annotations
 
-import email.utils
-import json
-import random
 import time
-from typing import Any, Callable
+from contextlib import closing
+from typing import Any, Callable, Iterator
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
-from ..errors import (AuthenticationError, BadRequest, EndpointError, EndpointTimeout, EndpointUnavailable,
-                      RateLimited)
+from .base import SseDecoder
+from .retry import (DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, INITIAL_BACKOFF, MAX_BACKOFF, auth_headers,
+                    check_max_retries, is_retryable, json_body, mapped_errors, retrying, status_error)
 
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_MAX_RETRIES = 3
-INITIAL_BACKOFF = 0.5
-MAX_BACKOFF = 8.0
+__all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "INITIAL_BACKOFF", "MAX_BACKOFF", "HttpTransport",
+           "is_retryable", "status_error"]
 
 
 class HttpTransport:
@@ -30,103 +25,43 @@ class HttpTransport:
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  max_retries: int = DEFAULT_MAX_RETRIES, *, sleep: Callable[[float], None] = time.sleep) -> None:
-        if max_retries < 0:
-            raise ValueError(f"max_retries={max_retries}; use 0 (no retries) or more")
+        check_max_retries(max_retries)
         self.url = url.rstrip("/")
         self.max_retries = max_retries
         self.sleep = sleep
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(timeout=httpx.Timeout(timeout), headers=headers)
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout), headers=auth_headers(api_key))
 
     def send(self, request: dict[str, Any]) -> list[dict[str, Any]]:
-        retrying = Retrying(stop=stop_after_attempt(self.max_retries + 1), retry=retry_if_exception(is_retryable),
-                            wait=_backoff, sleep=self.sleep, reraise=True)
-        return retrying(self._send_once, request)
+        return retrying(self.max_retries, self.sleep)(self._send_once, request)
 
     def _send_once(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         endpoint = f"{self.url}/invocations"
-        try:
-            response = self.client.post(endpoint, json=request)
-        except httpx.TimeoutException as exc:
-            raise EndpointTimeout(f"{endpoint} did not answer within the timeout ({exc}); raise timeout= "
-                                  "or ask for fewer max_new_tokens") from exc
-        except httpx.TransportError as exc:
-            raise EndpointUnavailable(f"could not reach {endpoint} ({type(exc).__name__}: {exc}); check that "
-                                      "the server is running and the URL is right") from exc
-        if response.is_success:
-            try:
-                return response.json()
-            except json.JSONDecodeError as exc:
-                raise EndpointError(f"{endpoint} answered {response.status_code} with non-JSON "
-                                    f"{response.text!r:.200}", status=response.status_code,
-                                    body=response.text) from exc
+        with mapped_errors(endpoint):
+            return json_body(self.client.post(endpoint, json=request))
+
+    def stream_chat(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Posts an OpenAI chat body with ``stream: true`` and yields its chunks.
+
+        Opening the stream is retried like ``send``; once chunks flow, a failure is raised as is
+        (a retry would repeat text the caller has already shown).
+        """
+        endpoint = f"{self.url}/v1/chat/completions"
+        response = retrying(self.max_retries, self.sleep)(self._open_stream, endpoint, body)
+        decoder = SseDecoder(endpoint)
+        with closing(response), mapped_errors(endpoint):
+            for line in response.iter_lines():
+                yield from decoder.feed(line)
+        decoder.finish()
+
+    def _open_stream(self, endpoint: str, body: dict[str, Any]) -> httpx.Response:
+        """The streaming response once its status is a success; a failed one is read for its error."""
+        with mapped_errors(endpoint):
+            response = self.client.send(self.client.build_request("POST", endpoint, json=body), stream=True)
+            if response.is_success:
+                return response
+            with closing(response):
+                response.read()
         raise status_error(response)
 
     def close(self) -> None:
         self.client.close()
-
-
-def status_error(response: httpx.Response) -> EndpointError:
-    """The most specific EndpointError for an unsuccessful response."""
-    status, body = response.status_code, response.text
-    detail = _error_message(body)
-    where = f"{response.request.method} {response.request.url} answered {status}: {detail}"
-    if status in (401, 403):
-        return AuthenticationError(f"{where}; pass the server's key as api_key=", status=status, body=body)
-    retry_after = _retry_after(response.headers.get("retry-after"))
-    if status == 429:
-        return RateLimited(f"{where}; send fewer requests at once", status=status, body=body, retry_after=retry_after)
-    if status == 408:
-        return EndpointTimeout(f"{where}; the server gave up waiting", status=status, body=body,
-                               retry_after=retry_after)
-    if 400 <= status < 500:
-        return BadRequest(f"{where}; fix the request (retrying will not help)", status=status, body=body)
-    return EndpointUnavailable(f"{where}; the endpoint failed on its side", status=status, body=body,
-                               retry_after=retry_after)
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Timeouts, throttling, connection failures and server errors may pass on a second try."""
-    return isinstance(exc, (EndpointTimeout, RateLimited, EndpointUnavailable))
-
-
-def _backoff(retry_state: Any) -> float:
-    """Retry-After when the server sent one (capped), else 0.5 s doubling to 8 s, minus up to 25% jitter."""
-    exc = retry_state.outcome.exception() if retry_state.outcome else None
-    hinted = exc.retry_after if isinstance(exc, EndpointError) else None
-    if hinted is not None:
-        return min(hinted, MAX_BACKOFF)
-    delay = min(INITIAL_BACKOFF * 2 ** (retry_state.attempt_number - 1), MAX_BACKOFF)
-    return delay * (1 - 0.25 * random.random())
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (a number or an HTTP date), or None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _error_message(body: str) -> str:
-    """The server's own message from ``{"error": {"message"}}`` bodies, else the start of the body."""
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
-        return body[:200] or "(empty body)"
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
-        if isinstance(error, str):
-            return error
-        if isinstance(data.get("detail"), str):
-            return data["detail"]
-    return body[:200]

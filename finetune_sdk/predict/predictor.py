@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
-from ..errors import EndpointError
+from .base import Prediction, PredictorBase, chat_body, delta_text
 
-
-@dataclass(frozen=True)
-class Prediction:
-    """One generated reply."""
-
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-    def __str__(self) -> str:
-        return self.text
+__all__ = ["MockTransport", "Prediction", "Predictor", "Transport"]
 
 
 class Transport(Protocol):
-    """Carries one ``{"inputs", "parameters"}`` request to an endpoint and returns its JSON answer."""
+    """Carries one ``{"inputs", "parameters"}`` request to an endpoint and returns its JSON answer.
+
+    A transport that can stream also has ``stream_chat(body) -> Iterator[dict]``, which posts an
+    OpenAI chat body with ``stream: true`` and yields the parsed chunks.
+    """
 
     def send(self, request: dict[str, Any]) -> list[dict[str, Any]]: ...
 
@@ -45,7 +37,7 @@ class MockTransport:
         pass
 
 
-class Predictor:
+class Predictor(PredictorBase):
     """Sends prompts to an endpoint and returns :class:`Prediction` objects.
 
     ``input`` is a string (filled into the template's one prompt column), a dict of template
@@ -89,14 +81,20 @@ class Predictor:
         inputs = list(inputs)
         if not inputs:
             return []
-        answer = self.transport.send({"inputs": inputs, "parameters": generation})
-        if not isinstance(answer, list) or len(answer) != len(inputs):
-            raise EndpointError(f"the endpoint returned {answer!r:.200}; expected one result per input")
-        return [_prediction(item) for item in answer]
+        return self._predictions(self.transport.send(self._batch_request(inputs, generation)), len(inputs))
 
     def chat(self, messages: Sequence[Mapping[str, str]], **generation: Any) -> Prediction:
         """Continue a conversation given as ``[{"role", "content"}, ...]``."""
         return self.predict_batch([list(messages)], **generation)[0]
+
+    def stream(self, input_or_messages: str | Sequence[Mapping[str, str]], **generation: Any) -> Iterator[str]:
+        """The reply as text chunks, over the endpoint's OpenAI ``/v1/chat/completions`` route.
+
+        A string is sent as one user message (no system prompt; see :func:`base.chat_body`).
+        Generation parameters: max_new_tokens, temperature, top_p, stop, seed.
+        """
+        body = chat_body(input_or_messages, generation)  # bad arguments fail here, not at the first next()
+        return _texts(self._stream_transport().stream_chat(body))
 
     def close(self) -> None:
         self.transport.close()
@@ -108,9 +106,8 @@ class Predictor:
         self.close()
 
 
-def _prediction(item: Any) -> Prediction:
-    if not isinstance(item, Mapping) or "generated_text" not in item:
-        raise EndpointError(f"the endpoint returned {item!r:.200}; expected {{'generated_text': ...}}")
-    details = item.get("details") or {}
-    return Prediction(item["generated_text"], details.get("finish_reason"), details.get("prompt_tokens"),
-                      details.get("completion_tokens"))
+def _texts(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
+    for chunk in chunks:
+        text = delta_text(chunk)
+        if text:
+            yield text

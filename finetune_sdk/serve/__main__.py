@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError, FineTuneError, MissingDependencyError
+from .batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, DEFAULT_REQUEST_TIMEOUT_S
 
 API_KEY_ENV = "FINETUNE_SDK_API_KEY"
 
@@ -46,6 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--max-new-tokens-cap", type=int, default=1024)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--no-batching", dest="batching", action="store_false",
+                        help="generate one request at a time instead of batching concurrent requests")
+    parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                        help="most inputs generated together in one batch")
+    parser.add_argument("--max-wait-ms", type=float, default=DEFAULT_MAX_WAIT_MS,
+                        help="how long the first request of a batch waits for others to join it")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help="requests that may wait; beyond this the server answers 503 with Retry-After")
+    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                        help="seconds a batched request may wait and generate before it is answered 504")
     args = parser.parse_args(argv)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
@@ -60,14 +71,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .engine import GenerationEngine
 
         engine = GenerationEngine.from_artifact(args.artifact, device=args.device)
+        engine.max_batch_size = args.max_batch_size  # one flag sizes both the batcher and the engine's chunks
+        app = create_app(engine, api_key=api_key, max_new_tokens_cap=args.max_new_tokens_cap,
+                         model_name=Path(args.artifact).resolve().name, batching=args.batching,
+                         max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                         max_queue=args.max_queue, request_timeout_s=args.request_timeout)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except FineTuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    app = create_app(engine, api_key=api_key, max_new_tokens_cap=args.max_new_tokens_cap,
-                     model_name=Path(args.artifact).resolve().name)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -7,7 +7,10 @@
     GET  /v1/models                the one model this server holds
 
 Every error is ``{"error": {"message", "type"}}`` with a 4xx/5xx status. Generation runs in a worker
-thread (the engine serialises it with its own lock), so the event loop keeps answering /ping.
+thread, so the event loop keeps answering /ping. With ``batching`` (the default) concurrent requests
+are collected by a DynamicBatcher and generated together; a full queue answers 503 with Retry-After
+at once and a request that waits too long answers 504. Without it, requests run one at a time (the
+engine serialises them with its own lock).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hmac
 import json
 import time
 import uuid
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, AsyncIterator, Mapping
 
@@ -26,6 +30,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError
+from .batcher import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, DEFAULT_REQUEST_TIMEOUT_S,
+                      DynamicBatcher, QueueFull, RequestTimeout, ShuttingDown)
 
 OPENAI_CHAT_KEYS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
                     "seed", "stream", "stream_options", "n", "user"}
@@ -36,20 +42,36 @@ STREAM_CHUNK_WORDS = 4
 class ApiError(Exception):
     """An error answered to the client as ``{"error": {"message", "type"}}``."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error") -> None:
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
+        self.headers = dict(headers or {})
 
 
 def create_app(engine: Any, *, api_key: str | None = None, max_body_bytes: int = 1_000_000,
-               max_new_tokens_cap: int = 1024, model_name: str = "finetune-sdk") -> FastAPI:
-    """A FastAPI app serving ``engine`` (a loaded GenerationEngine); uvicorn or a test client runs it."""
-    app = FastAPI(title="finetune_sdk server", docs_url=None, redoc_url=None, openapi_url=None)
-    server = _Server(engine, api_key, max_body_bytes, max_new_tokens_cap, model_name)
+               max_new_tokens_cap: int = 1024, model_name: str = "finetune-sdk", batching: bool = True,
+               max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+               max_queue: int = DEFAULT_MAX_QUEUE, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> FastAPI:
+    """A FastAPI app serving ``engine`` (a loaded GenerationEngine); uvicorn or a test client runs it.
+
+    ``batching=False`` keeps the one-request-at-a-time path, e.g. to measure what batching buys.
+    """
+    batcher = (DynamicBatcher(engine, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                              request_timeout_s=request_timeout_s) if batching else None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if batcher is not None:
+            await batcher.close()  # finish queued requests before the process exits
+
+    app = FastAPI(title="finetune_sdk server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    server = _Server(engine, api_key, max_body_bytes, max_new_tokens_cap, model_name, batcher)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc.status, exc.message, exc.type)
+        return _error_response(exc.status, exc.message, exc.type, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -95,8 +117,9 @@ class _Server:
     """Request parsing and generation, kept apart from routing so each route reads in three lines."""
 
     def __init__(self, engine: Any, api_key: str | None, max_body_bytes: int, max_new_tokens_cap: int,
-                 model_name: str) -> None:
+                 model_name: str, batcher: DynamicBatcher | None = None) -> None:
         self.engine = engine
+        self.batcher = batcher
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.cap = max_new_tokens_cap
@@ -155,9 +178,19 @@ class _Server:
 
     # -- generation ------------------------------------------------------------------------------
     async def generate(self, inputs: list[Any], params: dict[str, Any]) -> list[Any]:
-        """Run the engine in a worker thread; its ConfigError/TemplateError are the caller's fault (400)."""
+        """Run the engine in a worker thread, through the batcher when there is one.
+
+        The engine's ConfigError/TemplateError are the caller's fault (400); overload is 503 and a
+        request that waited too long is 504, both with Retry-After so clients back off.
+        """
         try:
+            if self.batcher is not None:
+                return await self.batcher.submit(inputs, params)
             return await run_in_threadpool(partial(self.engine.generate, inputs, **params))
+        except (QueueFull, ShuttingDown) as exc:
+            raise ApiError(503, str(exc), "overloaded_error", {"Retry-After": str(exc.retry_after)}) from exc
+        except RequestTimeout as exc:
+            raise ApiError(504, str(exc), "timeout_error", {"Retry-After": str(exc.retry_after)}) from exc
         except ConfigError as exc:
             raise ApiError(400, str(exc)) from exc
         except Exception as exc:
@@ -236,8 +269,8 @@ class _Server:
         return self.parameters({k: v for k, v in params.items() if v is not None})
 
 
-def _error_response(status: int, message: str, type: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type}}, status_code=status)
+def _error_response(status: int, message: str, type: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type}}, status_code=status, headers=headers)
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
