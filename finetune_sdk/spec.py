@@ -107,8 +107,7 @@ class JobSpec(_Settings):
     @property
     def work_dir(self) -> Path:
         """The run's folder beside the artifact: spec, data, checkpoints, events and status."""
-        out = Path(self.output_dir)
-        return out.with_name(out.name + ".work")
+        return work_dir_for(self.output_dir)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -126,6 +125,12 @@ class JobSpec(_Settings):
     @classmethod
     def load(cls, path: str | Path) -> "JobSpec":
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def work_dir_for(output_dir: str | Path) -> Path:
+    """``<output_dir>.work``: where a run keeps everything that is not the artifact."""
+    out = Path(output_dir)
+    return out.with_name(out.name + ".work")
 
 
 def settings(cls: type[_Settings], value: Any) -> Any:

@@ -16,7 +16,7 @@ from .data import CleanReport, clean_rows, fingerprint, load_rows, split_rows, w
 from .errors import ArtifactError, ConfigError
 from .models import DEFAULT_MODEL, check_model_name
 from .registry import BACKENDS, DEPLOYERS, resolve
-from .spec import DataRef, JobSpec, LoraSettings, TrainingSettings, settings
+from .spec import DataRef, JobSpec, LoraSettings, TrainingSettings, settings, work_dir_for
 from .template import PromptTemplate
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class FineTuner:
 
     def spec(self) -> JobSpec:
         """The job spec this tuner would run (data files are written when training starts)."""
-        work = self.output_dir.with_name(self.output_dir.name + ".work")
+        work = work_dir_for(self.output_dir)
         data = DataRef(train_path=str((work / "data" / "train.jsonl").resolve()),
                        eval_path=str((work / "data" / "eval.jsonl").resolve()) if self.eval_rows else None,
                        fingerprint=fingerprint(self.train_rows + self.eval_rows),

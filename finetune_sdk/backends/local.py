@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import TrainingError
 from ..spec import JobSpec
-from .base import TrainingJob
+from .base import TERMINAL, TrainingJob
 
 
 class LocalBackend:
@@ -50,11 +50,12 @@ class LocalBackend:
         data = json.loads(status_path.read_text(encoding="utf-8"))
         process = self._processes.get(job_id)
         status = data.get("status", "queued")
-        if process is not None and process.poll() is not None and status not in ("completed", "failed", "cancelled"):
-            status = "cancelled" if process.returncode < 0 else "failed"
-            data.setdefault("error", f"training process exited with code {process.returncode}")
-        if process is not None and process.poll() is not None and process.returncode == -signal.SIGTERM:
-            status = "cancelled"
+        if process is not None and process.poll() is not None:  # the child may die before writing its status
+            if process.returncode == -signal.SIGTERM:
+                status = "cancelled"
+            elif status not in TERMINAL:
+                status = "cancelled" if process.returncode < 0 else "failed"
+                data.setdefault("error", f"training process exited with code {process.returncode}")
         spec = JobSpec.load(folder / "spec.json")
         metrics = _saved_metrics(Path(spec.output_dir)) if status == "completed" else {}
         return TrainingJob(id=job_id, backend=self, status=status, output_dir=spec.output_dir,
