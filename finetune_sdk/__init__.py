@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .artifact import Artifact
-from .errors import (ArtifactError, AuthenticationError, BadRequest, ConfigError, DataError, EmptyDatasetError,
+from .errors import (ArtifactError, AuthenticationError, BadRequest, CloudError, ConfigError, DataError, EmptyDatasetError,
                      EndpointError, EndpointTimeout, EndpointUnavailable, FineTuneError, MissingColumnError,
                      MissingDependencyError, ModelError, RateLimited, TemplateError, TrainingError,
                      UnsupportedFileError)
@@ -19,7 +19,7 @@ from .template import PromptTemplate
 from .tuner import FineTuner
 
 __all__ = [
-    "Artifact", "ArtifactError", "AsyncPredictor", "AuthenticationError", "BadRequest", "ConfigError", "DataError",
+    "Artifact", "ArtifactError", "AsyncPredictor", "AuthenticationError", "BadRequest", "CloudError", "ConfigError", "DataError",
     "EmptyDatasetError", "EndpointError", "EndpointTimeout", "EndpointUnavailable", "FineTuneError", "FineTuner",
     "JobSpec", "LoraSettings", "MissingColumnError", "MissingDependencyError", "MockTransport",
     "ModelError", "Prediction", "Predictor", "PromptTemplate", "RateLimited", "TemplateError", "TrainingError",

@@ -11,6 +11,7 @@
     │   └── MissingDependencyError   an optional package is not installed (message has the pip line)
     ├── TrainingError          the training run failed
     ├── ArtifactError          an artifact directory is missing, incomplete or from a newer SDK
+    ├── CloudError             an AWS request failed (permissions, quota, missing resource); .code
     └── EndpointError          a prediction request failed (.status, .body when the endpoint answered)
         ├── BadRequest             the endpoint rejected the request (4xx); fix the request, do not retry
         ├── AuthenticationError    401/403: missing or wrong API key
@@ -67,6 +68,14 @@ class TrainingError(FineTuneError):
 
 class ArtifactError(FineTuneError):
     """An artifact directory is missing, incomplete or incompatible."""
+
+
+class CloudError(FineTuneError):
+    """An AWS request failed; ``code`` is AWS's error code (e.g. ``AccessDeniedException``)."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class EndpointError(FineTuneError):

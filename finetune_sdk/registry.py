@@ -12,10 +12,12 @@ from .errors import ConfigError, MissingDependencyError
 
 BACKENDS: dict[str, tuple[str, str]] = {
     "local": ("finetune_sdk.backends.local:LocalBackend", "pip install 'finetune-sdk[train]'"),
+    "sagemaker": ("finetune_sdk.backends.sagemaker:SageMakerBackend", "pip install 'finetune-sdk[sagemaker]'"),
 }
 DEPLOYERS: dict[str, tuple[str, str]] = {
     "inprocess": ("finetune_sdk.deployers.inprocess:InProcessDeployer", "pip install 'finetune-sdk[train]'"),
     "local": ("finetune_sdk.deployers.local:LocalServerDeployer", "pip install 'finetune-sdk[serve]'"),
+    "sagemaker": ("finetune_sdk.deployers.sagemaker:SageMakerDeployer", "pip install 'finetune-sdk[sagemaker]'"),
 }
 
 

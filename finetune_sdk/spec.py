@@ -96,6 +96,9 @@ class JobSpec(_Settings):
     truncation: Literal["prompt", "drop"] = "prompt"
     seed: int = 0
     output_dir: str
+    checkpoint_dir: str | None = Field(
+        None, description="where checkpoints go (default <output_dir>.work/checkpoints); a SageMaker job uses "
+                          "/opt/ml/checkpoints, which it syncs to S3")
 
     @field_validator("template")
     @classmethod

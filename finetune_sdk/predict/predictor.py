@@ -67,6 +67,18 @@ class Predictor(PredictorBase):
         return cls(HttpTransport(url, api_key=api_key, timeout=timeout, max_retries=max_retries))
 
     @classmethod
+    def from_sagemaker(cls, endpoint_name: str, *, region: str | None = None, endpoint_url: str | None = None,
+                       timeout: float = 60.0, max_retries: int = 3, client: Any = None) -> "Predictor":
+        """A SageMaker endpoint, called through sagemaker-runtime InvokeEndpoint with the AWS credentials in
+        the environment. Throttling, a model not ready yet, timeouts and 5xx are retried up to ``max_retries``
+        times; closing this Predictor leaves the endpoint running (delete it with SageMakerDeployer.delete).
+        """
+        from .sagemaker import SageMakerTransport
+
+        return cls(SageMakerTransport(endpoint_name, client=client, region=region, endpoint_url=endpoint_url,
+                                      timeout=timeout, max_retries=max_retries))
+
+    @classmethod
     def base_model(cls, model: str, template: Any, *, device: str = "auto") -> "Predictor":
         """A base model with no adapter, under the same template (for before/after comparisons)."""
         from .inprocess import InProcessTransport

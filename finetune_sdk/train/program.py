@@ -212,7 +212,7 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
     warmup = int(settings.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings.lr_scheduler, warmup, total_steps))
 
-    checkpoints = spec.work_dir / "checkpoints"
+    checkpoints = Path(spec.checkpoint_dir) if spec.checkpoint_dir else spec.work_dir / "checkpoints"
     state = TrainState(data_fingerprint=spec.data.fingerprint)
     if not resume:
         shutil.rmtree(checkpoints, ignore_errors=True)  # a fresh run must never resume from an older one
