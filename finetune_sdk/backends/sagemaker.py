@@ -80,7 +80,7 @@ class SageMakerBackend:
             clients.delete_prefix(bucket, f"{root}/")  # no orphaned uploads for a job that never started
             raise
         self._outputs[name] = spec.output_dir
-        return self.retrieve(name)
+        return job_from_description(self, self._describe(name), spec.output_dir)
 
     def _upload_inputs(self, spec: JobSpec, model_dir: Path | None, bucket: str, root: str) -> dict[str, str]:
         """Upload each channel's files under ``root/<channel>/`` and return the channel prefixes."""
@@ -95,9 +95,13 @@ class SageMakerBackend:
                 self.clients.upload(path, bucket, f"{root}/{channel}/{key}")
         return {channel: f"s3://{bucket}/{root}/{channel}" for channel in files}
 
-    def retrieve(self, job_id: str) -> TrainingJob:
+    def _describe(self, job_id: str) -> dict[str, Any]:
         with aws_errors(f"describe the training job {job_id}"):
-            described = self.clients.client("sagemaker").describe_training_job(TrainingJobName=job_id)
+            return self.clients.client("sagemaker").describe_training_job(TrainingJobName=job_id)
+
+    def retrieve(self, job_id: str) -> TrainingJob:
+        """The job's state; the first call that sees a job this backend started completed downloads its artifact."""
+        described = self._describe(job_id)
         job = job_from_description(self, described, self._outputs.get(job_id, ""))
         if job.status == "completed" and job.output_dir:
             if job_id not in self._downloaded:
@@ -107,10 +111,7 @@ class SageMakerBackend:
 
     def download(self, job_id: str, output_dir: str | Path, model_uri: str | None = None) -> Artifact:
         """Fetch a completed job's model.tar.gz and unpack it into ``output_dir`` as an artifact directory."""
-        if model_uri is None:
-            with aws_errors(f"describe the training job {job_id}"):
-                model_uri = self.clients.client("sagemaker").describe_training_job(
-                    TrainingJobName=job_id)["ModelArtifacts"]["S3ModelArtifacts"]
+        model_uri = model_uri or self._describe(job_id)["ModelArtifacts"]["S3ModelArtifacts"]
         with tempfile.TemporaryDirectory(prefix="finetune-sdk-download-") as tmp:
             archive = Path(tmp) / "model.tar.gz"
             self.clients.download(model_uri, archive)
@@ -123,10 +124,8 @@ class SageMakerBackend:
 
     def list_events(self, job_id: str) -> list[dict[str, Any]]:
         """SageMaker's status transitions, oldest first, in the local backend's event shape."""
-        with aws_errors(f"describe the training job {job_id}"):
-            described = self.clients.client("sagemaker").describe_training_job(TrainingJobName=job_id)
         return [{"time": _iso(t.get("StartTime")), "event": "status", "status": t["Status"],
-                 "message": t.get("StatusMessage", "")} for t in described.get("SecondaryStatusTransitions", [])]
+                 "message": t.get("StatusMessage", "")} for t in self._describe(job_id).get("SecondaryStatusTransitions", [])]
 
     def logs(self, job_id: str) -> list[str]:
         """The job's CloudWatch log lines, oldest first (none until the container has started)."""

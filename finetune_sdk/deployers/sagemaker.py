@@ -54,7 +54,7 @@ class SageMakerDeployer:
         """Create an endpoint serving ``artifact``, wait until it is InService and return its Predictor."""
         artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         name = endpoint_name or unique_name(Path(artifact.base_model).name)
-        config = self._create_model_and_config(artifact, name, instance_type=instance_type,
+        config = self._create_model_and_config(artifact, Path(artifact.base_model).name, instance_type=instance_type,
                                                instance_count=instance_count, serverless=serverless,
                                                image_uri=image_uri, use_merged=use_merged, volume_size_gb=volume_size_gb,
                                                startup_timeout_s=startup_timeout_s)
@@ -78,7 +78,7 @@ class SageMakerDeployer:
         sm = self.clients.client("sagemaker")
         with aws_errors(f"describe the endpoint {endpoint_name}"):
             old_config = sm.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
-        config = self._create_model_and_config(artifact, endpoint_name, **{
+        config = self._create_model_and_config(artifact, Path(artifact.base_model).name, **{
             "instance_type": DEFAULT_INSTANCE_TYPE, "instance_count": 1, "serverless": None, "image_uri": None,
             "use_merged": False, "volume_size_gb": None, "startup_timeout_s": None, **options})
         try:
@@ -133,7 +133,7 @@ class SageMakerDeployer:
         clients.check_credentials()
         image = image_uri or images.image_uri(images.INFERENCE_IMAGE, clients.region)
         bucket = s.bucket or clients.default_bucket()
-        name = unique_name(stem.removeprefix("finetune-sdk-")[:24])
+        name = unique_name(stem)
         key = f"{s.prefix}/endpoints/{name}/model.tar.gz".lstrip("/")
         with tempfile.TemporaryDirectory(prefix="finetune-sdk-model-") as tmp:
             archive = pack_model(artifact, Path(tmp), use_merged=use_merged)

@@ -1,0 +1,311 @@
+"""SageMaker end to end against a real moto server on 127.0.0.1, with real boto3 clients and a tiny model.
+
+moto accepts the requests and keeps the resources, but it runs no containers: a training job is
+Completed at once with no model.tar.gz, and InvokeEndpoint answers whatever was queued through moto's
+API. So these tests play the containers' part with the SDK's own code, from what was uploaded:
+
+- training: right after CreateTrainingJob, ``play_training_container`` downloads the job's channels and
+  ``sourcedir.tar.gz`` from (moto's) S3 into a temporary ``/opt/ml`` layout, runs the shipped
+  ``train_entry.py --spec ...`` with the SM_* variables in a child process whose only SDK is the
+  shipped one, packs SM_MODEL_DIR into model.tar.gz and uploads it to the job's ModelArtifacts path.
+- inference: just before each InvokeEndpoint, ``InferenceContainer`` downloads the endpoint's
+  model.tar.gz, runs its ``code/inference.py`` (model_fn/input_fn/predict_fn/output_fn) in a child
+  process on the exact request body, and queues that reply in moto, which InvokeEndpoint then returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import socket
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from moto.sagemaker.models import FakeEndpointConfig
+
+from finetune_sdk import FineTuner, TrainingSettings
+from finetune_sdk.backends.sagemaker import SageMakerBackend
+from finetune_sdk.deployers.sagemaker import SageMakerDeployer
+from finetune_sdk.sagemaker.images import CONTAINER_REQUIREMENTS
+from finetune_sdk.sagemaker.settings import instance_types
+from finetune_sdk.sagemaker.tarball import safe_extract
+from tests.conftest import COUNSEL
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's account
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/FineTuneSdkSageMaker"
+ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_url, monkeypatch, tmp_path):
+    """Fake credentials, boto3 pointed at moto, a clean moto state, and no DNS lookup beyond loopback."""
+    httpx.post(f"{moto_url}/moto-api/reset")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("FINETUNE_SDK_SAGEMAKER_ROLE", ROLE)
+    monkeypatch.setattr(FakeEndpointConfig, "validate_instance_type", _current_endpoint_instance_types)
+    lookups: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if str(host) not in LOOPBACK:
+            lookups.append(str(host))
+            raise OSError(f"test guard: DNS lookup of {host!r} beyond loopback")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+    yield moto_url
+    assert not lookups, f"the code looked up non-loopback hosts: {lookups}"
+
+
+def _current_endpoint_instance_types(config, instance_type: str) -> None:
+    """moto's list of endpoint instance types predates ml.g5; check botocore's current one instead."""
+    from moto.sagemaker.exceptions import ValidationError
+
+    if instance_type not in instance_types("endpoint"):
+        raise ValidationError(message=f"Value '{instance_type}' at 'instanceType' is not an instance type")
+
+
+def _client(name: str):
+    return boto3.client(name, region_name=REGION)
+
+
+def _download_prefix(uri: str, folder: Path) -> None:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    s3 = _client("s3")
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", []):
+        target = folder / item["Key"][len(prefix) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, item["Key"], str(target))
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a container process: no worktree on the path, nothing from the network."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AWS_ENDPOINT_URL")}
+    return {**env, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def play_training_container(job_name: str, opt_ml: Path) -> Path:
+    """Do what the SageMaker training container would do for ``job_name``; return SM_MODEL_DIR."""
+    job = _client("sagemaker").describe_training_job(TrainingJobName=job_name)
+    hps = {key: json.loads(value) for key, value in job["HyperParameters"].items()}
+    channels = {}
+    for channel in job["InputDataConfig"]:
+        folder = opt_ml / "input" / "data" / channel["ChannelName"]
+        _download_prefix(channel["DataSource"]["S3DataSource"]["S3Uri"], folder)
+        channels[f"SM_CHANNEL_{channel['ChannelName'].upper()}"] = str(folder)
+    code = opt_ml / "code"
+    code.mkdir(parents=True)
+    bucket, _, key = hps["sagemaker_submit_directory"].removeprefix("s3://").partition("/")
+    _client("s3").download_file(bucket, key, str(opt_ml / "sourcedir.tar.gz"))
+    with tarfile.open(opt_ml / "sourcedir.tar.gz") as tar:
+        tar.extractall(code, filter="data")
+    model_dir, checkpoints = opt_ml / "model", opt_ml / "checkpoints"
+    model_dir.mkdir()
+    checkpoints.mkdir()  # CheckpointConfig is set, so SageMaker mounts it
+    user_hps = {k: v for k, v in hps.items() if not k.startswith("sagemaker_")}
+    argv = [arg for k, v in user_hps.items() for arg in (f"--{k}", str(v))]
+    env = _clean_env(SM_MODEL_DIR=str(model_dir), SM_OUTPUT_DATA_DIR=str(opt_ml / "output" / "data"),
+                     SM_HPS=json.dumps(user_hps), SM_HOSTS='["algo-1"]', SM_CURRENT_HOST="algo-1", SM_NUM_GPUS="0",
+                     FINETUNE_SDK_CHECKPOINT_DIR=str(checkpoints), **channels)
+    subprocess.run([sys.executable, hps["sagemaker_program"], *argv], cwd=code, env=env, check=True, timeout=600)
+    with tarfile.open(opt_ml / "model.tar.gz", "w:gz") as tar:
+        for entry in sorted(model_dir.iterdir()):
+            tar.add(entry, arcname=entry.name)
+    bucket, _, key = job["ModelArtifacts"]["S3ModelArtifacts"].removeprefix("s3://").partition("/")
+    _client("s3").upload_file(str(opt_ml / "model.tar.gz"), bucket, key)
+    return model_dir
+
+
+class InferenceContainer:
+    """Answers an endpoint's InvokeEndpoint calls with its own model.tar.gz's code/inference.py."""
+
+    SCRIPT = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, sys.argv[1] + "/code")
+        import inference
+        model = inference.model_fn(sys.argv[1])
+        body = sys.stdin.read()
+        print(inference.output_fn(inference.predict_fn(inference.input_fn(body, "application/json"), model),
+                                  "application/json"))
+    """)
+
+    def __init__(self, moto_url: str, endpoint_name: str, folder: Path) -> None:
+        sm = _client("sagemaker")
+        config = sm.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+        model = sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"][0]["ModelName"]
+        uri = sm.describe_model(ModelName=model)["PrimaryContainer"]["ModelDataUrl"]
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        _client("s3").download_file(bucket, key, str(folder / "model.tar.gz"))
+        self.model_dir = safe_extract(folder / "model.tar.gz", folder / "opt-ml-model")
+        self.moto_url = moto_url
+        self.replies: list[str] = []
+        self.seen: set[bytes] = set()
+
+    def attach(self, predictor) -> None:
+        predictor.transport.client.meta.events.register("before-call.sagemaker-runtime.InvokeEndpoint", self.answer)
+
+    def run(self, body: bytes) -> str:
+        done = subprocess.run([sys.executable, "-c", self.SCRIPT, str(self.model_dir)], input=body.decode(),
+                              capture_output=True, text=True, env=_clean_env(), cwd=self.model_dir.parent, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip()
+
+    def answer(self, params, **kwargs) -> None:
+        body = params["body"]
+        if body in self.seen:  # moto replays its first answer for a body it has seen
+            return
+        self.seen.add(body)
+        reply = self.run(body)
+        self.replies.append(reply)
+        httpx.post(f"{self.moto_url}/moto-api/static/sagemaker/endpoint-results",
+                   json={"results": [{"Body": reply, "ContentType": "application/json"}]}).raise_for_status()
+
+
+@pytest.fixture
+def containers(aws, monkeypatch, tmp_path):
+    """Play both containers whenever the SDK starts a training job or deploys an endpoint."""
+    played: dict[str, list] = {"jobs": [], "endpoints": []}
+    create, deploy = SageMakerBackend.create, SageMakerDeployer.deploy
+
+    def create_and_train(self, spec, *, resume=False):
+        job = create(self, spec, resume=resume)
+        played["jobs"].append(play_training_container(job.id, tmp_path / f"job{len(played['jobs'])}" / "opt" / "ml"))
+        return job
+
+    def deploy_and_serve(self, artifact, **options):
+        predictor = deploy(self, artifact, **options)
+        folder = tmp_path / f"endpoint{len(played['endpoints'])}"
+        folder.mkdir()
+        container = InferenceContainer(aws, predictor.transport.endpoint_name, folder)
+        container.attach(predictor)
+        played["endpoints"].append(container)
+        return predictor
+
+    monkeypatch.setattr(SageMakerBackend, "create", create_and_train)
+    monkeypatch.setattr(SageMakerDeployer, "deploy", deploy_and_serve)
+    return played
+
+
+def _resources() -> dict[str, list[str]]:
+    sm = _client("sagemaker")
+    return {"endpoints": [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]],
+            "configs": [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]],
+            "models": [m["ModelName"] for m in sm.list_models()["Models"]]}
+
+
+def test_train_deploy_predict_and_teardown(containers, tiny_model_dir, counsel_rows, tmp_path, aws):
+    out = tmp_path / "runs" / "tiny"
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:48], COUNSEL, output_dir=out, eval_fraction=0.25,
+                      backend="sagemaker", training=TrainingSettings(epochs=1, batch_size=8, progress=False))
+    artifact = tuner.train()
+
+    # the request, field by field
+    sm = _client("sagemaker")
+    job = sm.describe_training_job(TrainingJobName=tuner.job.id)
+    bucket = f"sagemaker-{REGION}-{ACCOUNT}"
+    root = f"s3://{bucket}/finetune-sdk/{tuner.job.id}"
+    assert tuner.job.id.startswith("finetune-sdk-") and len(tuner.job.id) <= 63
+    assert job["RoleArn"] == ROLE
+    assert job["AlgorithmSpecification"]["TrainingImage"] == (
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-training:"
+        "2.3.0-transformers4.48.0-gpu-py311-cu121-ubuntu20.04")
+    assert job["AlgorithmSpecification"]["TrainingInputMode"] == "File"
+    assert {k: json.loads(v) for k, v in job["HyperParameters"].items()} == {
+        "spec": "finetune_sdk_spec.json", "sagemaker_program": "train_entry.py",
+        "sagemaker_submit_directory": f"{root}/source/sourcedir.tar.gz", "sagemaker_region": REGION,
+        "sagemaker_container_log_level": 20, "sagemaker_job_name": tuner.job.id}
+    assert [(c["ChannelName"], c["DataSource"]["S3DataSource"]["S3Uri"], c["ContentType"])
+            for c in job["InputDataConfig"]] == [
+        ("train", f"{root}/input/train", "application/jsonlines"),
+        ("eval", f"{root}/input/eval", "application/jsonlines"),
+        ("model", f"{root}/input/model", "application/octet-stream")]
+    assert job["OutputDataConfig"] == {"S3OutputPath": f"{root}/output"}
+    assert job["ResourceConfig"] == {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 100}
+    assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
+    assert job["EnableManagedSpotTraining"] is False
+    assert job["CheckpointConfig"] == {"S3Uri": f"{root}/checkpoints", "LocalPath": "/opt/ml/checkpoints"}
+    assert _client("sagemaker").list_tags(ResourceArn=job["TrainingJobArn"])["Tags"] == [
+        {"Key": "finetune-sdk", "Value": "training"}]
+    keys = {o["Key"] for o in _client("s3").list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {f"finetune-sdk/{tuner.job.id}/input/train/train.jsonl", f"finetune-sdk/{tuner.job.id}/input/eval/eval.jsonl",
+            f"finetune-sdk/{tuner.job.id}/input/model/config.json",
+            f"finetune-sdk/{tuner.job.id}/source/sourcedir.tar.gz"} <= keys
+    with tarfile.open(fileobj=_object(bucket, f"finetune-sdk/{tuner.job.id}/source/sourcedir.tar.gz")) as tar:
+        names = set(tar.getnames())
+        requirements = tar.extractfile("requirements.txt").read().decode().split()
+    assert {"train_entry.py", "finetune_sdk_spec.json", "requirements.txt", "finetune_sdk/train/program.py",
+            "finetune_sdk/train/container.py"} <= names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert requirements == CONTAINER_REQUIREMENTS
+
+    # the artifact came back from S3 in the local layout, pointing at the user's base model
+    assert tuner.job.status == "completed" and tuner.job.finished_at
+    assert artifact.path == out
+    assert {"adapter_config.json", "adapter_model.safetensors", "finetune_sdk.json", "tokenizer.json"} <= {
+        p.name for p in out.iterdir()}
+    assert artifact.base_model == str(tiny_model_dir) and artifact.manifest["base_model"]["source"] == "local"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    assert artifact.manifest["dataset"]["train_rows"] == 36 and artifact.metrics["steps"] == 5
+    assert tuner.job.metrics == artifact.metrics
+    assert [e["status"] for e in tuner.job.events()] == ["Starting"]
+    assert [j.id for j in tuner.backend.list_jobs()] == [tuner.job.id]
+
+    # deploy, predict through InvokeEndpoint, tear down
+    predictor = tuner.deploy(deployer="sagemaker")  # ml.g5.xlarge by default
+    endpoint = predictor.transport.endpoint_name
+    config = sm.describe_endpoint(EndpointName=endpoint)
+    assert config["EndpointStatus"] == "InService"
+    variant = sm.describe_endpoint_config(EndpointConfigName=config["EndpointConfigName"])["ProductionVariants"][0]
+    assert variant["InstanceType"] == "ml.g5.xlarge" and variant["InitialInstanceCount"] == 1
+    assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 720  # 600 s + 120 s per started GB
+    container = containers["endpoints"][0]
+    assert {"code", "base", "finetune_sdk.json", "adapter_model.safetensors"} <= {
+        p.name for p in container.model_dir.iterdir()}
+    assert (container.model_dir / "code" / "inference.py").is_file()
+    assert (container.model_dir / "code" / "finetune_sdk" / "serve" / "engine.py").is_file()
+
+    answer = predictor.predict("I haven't slept properly since March.", max_new_tokens=8)
+    expected = json.loads(container.replies[0])[0]
+    assert answer.text == expected["generated_text"]
+    assert answer.completion_tokens == expected["details"]["completion_tokens"] > 0
+    assert answer.prompt_tokens == expected["details"]["prompt_tokens"] > 10
+    assert _resources() == {"endpoints": [endpoint], "configs": [variant["ModelName"]], "models": [variant["ModelName"]]}
+
+    predictor.close()
+    assert _resources() == {"endpoints": [], "configs": [], "models": []}
+    keys = {o["Key"] for o in _client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert not [k for k in keys if "/endpoints/" in k]
+
+
+def _object(bucket: str, key: str):
+    import io
+
+    return io.BytesIO(_client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
