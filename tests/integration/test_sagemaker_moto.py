@@ -309,3 +309,36 @@ def _object(bucket: str, key: str):
     import io
 
     return io.BytesIO(_client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+EXAMPLE = ROOT / "examples" / "sagemaker_train_and_deploy.py"
+
+
+def test_the_example_runs_locally_and_on_sagemaker_with_one_argument_changed(
+        containers, tiny_model_dir, counsel_rows, tmp_path, monkeypatch, capsys):
+    source = EXAMPLE.read_text(encoding="utf-8")
+    local = source.replace('backend="sagemaker"', 'backend="local"').replace('deployer="sagemaker"', 'deployer="local"')
+    changed = [(a.strip(), b.strip()) for a, b in zip(source.splitlines(), local.splitlines()) if a != b]
+    assert changed == [('backend="sagemaker",', 'backend="local",'),
+                       ('with tuner.deploy(deployer="sagemaker") as predictor:',
+                        'with tuner.deploy(deployer="local") as predictor:')]
+    (tmp_path / "local_example.py").write_text(local, encoding="utf-8")
+    data = tmp_path / "counsel.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in counsel_rows[:40]), encoding="utf-8")
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)  # else reading a JSONL file pings the Hub's S3
+
+    printed = {}
+    for name, script in (("local", tmp_path / "local_example.py"), ("sagemaker", EXAMPLE)):
+        monkeypatch.setattr(sys, "argv", [str(script), str(tiny_model_dir), str(data), str(tmp_path / name)])
+        runpy.run_path(str(script), run_name="__main__")
+        printed[name] = capsys.readouterr().out.splitlines()
+
+    steps = {name: json.loads((tmp_path / name / "finetune_sdk.json").read_text())["metrics"]["steps"]
+             for name in printed}
+    assert steps["local"] == steps["sagemaker"] > 0
+    assert printed["sagemaker"][0].startswith("job finetune-sdk-tiny-llama") and " completed: eval_loss=" in printed["sagemaker"][0]
+    container = containers["endpoints"][0]
+    replies = [json.loads(reply)[0]["generated_text"] for reply in container.replies]
+    assert printed["sagemaker"][2::2] == [f"  -> {reply}" for reply in replies] and len(replies) == 2
+    assert printed["local"][1::2] == printed["sagemaker"][1::2]  # the same questions were asked
+    assert _resources() == {"endpoints": [], "configs": [], "models": []}
