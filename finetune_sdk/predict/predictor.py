@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
+from ..errors import MissingDependencyError
 from .base import Prediction, PredictorBase, chat_body, delta_text
 
 __all__ = ["MockTransport", "Prediction", "Predictor", "Transport"]
@@ -73,8 +74,11 @@ class Predictor(PredictorBase):
         the environment. Throttling, a model not ready yet, timeouts and 5xx are retried up to ``max_retries``
         times; closing this Predictor leaves the endpoint running (delete it with SageMakerDeployer.delete).
         """
-        from .sagemaker import SageMakerTransport
-
+        try:
+            from .sagemaker import SageMakerTransport
+        except ImportError as exc:
+            raise MissingDependencyError(f"Predictor.from_sagemaker needs boto3 ({exc.name} is missing); install it "
+                                         "with: pip install 'finetune-sdk[sagemaker]'") from exc
         return cls(SageMakerTransport(endpoint_name, client=client, region=region, endpoint_url=endpoint_url,
                                       timeout=timeout, max_retries=max_retries))
 

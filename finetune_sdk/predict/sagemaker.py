@@ -8,9 +8,11 @@ container answered with an error) is not retried: it is raised as BadRequest for
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Callable
 
+import boto3
 from botocore.config import Config
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
                                  NoCredentialsError, ReadTimeoutError)
@@ -33,9 +35,7 @@ class SageMakerTransport:
                  on_close: Callable[[], None] | None = None) -> None:
         check_max_retries(max_retries)
         if client is None:
-            import boto3
-
-            client = boto3.Session(region_name=region).client(
+            client = boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None).client(
                 "sagemaker-runtime", endpoint_url=endpoint_url,
                 config=Config(read_timeout=timeout, retries={"mode": "standard", "max_attempts": 1}))
         self.endpoint_name = endpoint_name

@@ -6,6 +6,7 @@ retries throttling and 5xx with backoff; ``aws_errors`` maps what is left to Con
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -61,11 +62,12 @@ class AwsClients:
     def __init__(self, settings: SageMakerSettings) -> None:
         self.settings = settings
         try:
-            self.session = boto3.Session(region_name=settings.region)
+            self.session = boto3.Session(region_name=settings.region or os.environ.get("AWS_REGION") or None)
         except BotoCoreError as exc:
             raise ConfigError(f"could not start an AWS session: {exc}") from exc
         if not self.session.region_name:
-            raise ConfigError("no AWS region; pass region='us-east-1' (or another) or set AWS_REGION")
+            raise ConfigError("no AWS region; pass region='us-east-1' (or another) or set AWS_REGION or "
+                              "AWS_DEFAULT_REGION")
         check_region(self.session.region_name)
         self._clients: dict[str, Any] = {}
 
@@ -84,7 +86,7 @@ class AwsClients:
                 self._clients[name] = self.session.client(name, endpoint_url=self.settings.endpoint_url,
                                                           config=config)
             except NoRegionError as exc:
-                raise ConfigError("no AWS region; pass region= or set AWS_REGION") from exc
+                raise ConfigError("no AWS region; pass region= or set AWS_REGION or AWS_DEFAULT_REGION") from exc
         return self._clients[name]
 
     def default_bucket(self) -> str:

@@ -1,0 +1,265 @@
+"""What moto cannot show, through botocore's Stubber on the SDK's own code paths: jobs in progress,
+failed and stopped jobs, throttling, endpoints that never come up, endpoint updates, model errors."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timezone
+
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import ANY, Stubber
+
+from finetune_sdk import BadRequest, EndpointError, EndpointTimeout, Predictor, RateLimited, TrainingError
+from finetune_sdk.artifact import write_manifest
+from finetune_sdk.backends.base import TrainingJob
+from finetune_sdk.backends.sagemaker import SageMakerBackend
+from finetune_sdk.deployers.sagemaker import SageMakerDeployer
+from finetune_sdk.predict.sagemaker import SageMakerTransport
+from tests.conftest import COUNSEL
+
+ROLE = "arn:aws:iam::123456789012:role/FineTuneSdkSageMaker"
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+@pytest.fixture(autouse=True)
+def fake_aws(monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def _described(status: str, secondary: str, **extra) -> dict:
+    return {"TrainingJobName": "finetune-sdk-job", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x",
+            "TrainingJobStatus": status, "SecondaryStatus": secondary, "CreationTime": T0,
+            "AlgorithmSpecification": {"TrainingInputMode": "File"}, "ResourceConfig": {
+                "InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 100},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, "ModelArtifacts": {"S3ModelArtifacts": "s3://b/k"},
+            **extra}
+
+
+def _job_stub(statuses: list[dict]):
+    backend = SageMakerBackend(region="us-east-1", role=ROLE)
+    client = backend.clients.client("sagemaker")
+    stub = Stubber(client)
+    for described in statuses:
+        stub.add_response("describe_training_job", described, {"TrainingJobName": "finetune-sdk-job"})
+    return backend, stub
+
+
+def test_wait_polls_a_job_in_progress_until_it_completes():
+    backend, stub = _job_stub([
+        _described("InProgress", "Downloading"),
+        _described("InProgress", "Training", TrainingStartTime=T0),
+        _described("Completed", "Completed", TrainingStartTime=T0, TrainingEndTime=T0,
+                   SecondaryStatusTransitions=[{"Status": "Starting", "StartTime": T0, "StatusMessage": "Preparing"},
+                                               {"Status": "Training", "StartTime": T0, "StatusMessage": "Training"}])])
+    seen, sleeps = [], []
+    job = TrainingJob("finetune-sdk-job", backend)
+    with stub:
+        seen.append(backend.retrieve(job.id).status)
+        seen.append(backend.retrieve(job.id).status)
+        job.wait(poll=30, sleep=sleeps.append)
+    assert seen == ["queued", "running"] and sleeps == []
+    assert job.status == "completed" and job.started_at == job.finished_at == "2026-01-02T03:04:05+00:00"
+    assert job.output_dir == ""  # a job this backend did not start is not downloaded on its own
+    stub.assert_no_pending_responses()
+
+
+def test_wait_sleeps_between_polls():
+    backend, stub = _job_stub([_described("InProgress", "Starting"), _described("InProgress", "Training"),
+                               _described("Completed", "Completed")])
+    sleeps = []
+    with stub:
+        TrainingJob("finetune-sdk-job", backend).wait(poll=30, sleep=sleeps.append)
+    assert sleeps == [30, 30]
+
+
+def test_a_failed_job_raises_with_its_failure_reason():
+    backend, stub = _job_stub([_described("InProgress", "Training"), _described(
+        "Failed", "Failed", FailureReason="AlgorithmError: CUDA out of memory. Tried to allocate 2.00 GiB")])
+    job = TrainingJob("finetune-sdk-job", backend)
+    with stub, pytest.raises(TrainingError, match="failed: AlgorithmError: CUDA out of memory"):
+        job.wait(poll=1, sleep=lambda s: None)
+    assert job.status == "failed"
+
+
+def test_cancel_stops_the_job():
+    backend, stub = _job_stub([])
+    stub.add_response("stop_training_job", {}, {"TrainingJobName": "finetune-sdk-job"})
+    stub.add_response("describe_training_job", _described("Stopped", "Stopped"), {"TrainingJobName": "finetune-sdk-job"})
+    job = TrainingJob("finetune-sdk-job", backend, status="running")
+    with stub:
+        job.cancel()
+    assert job.status == "cancelled" and job.error == "Stopped"
+    with pytest.raises(TrainingError, match="cancelled"):
+        with Stubber(backend.clients.client("sagemaker")) as again:
+            again.add_response("describe_training_job", _described("Stopped", "Stopped"),
+                               {"TrainingJobName": "finetune-sdk-job"})
+            job.wait(sleep=lambda s: None)
+
+
+def test_list_jobs_pages_through_list_training_jobs():
+    backend, stub = _job_stub([])
+    summary = {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x", "CreationTime": T0}
+    stub.add_response("list_training_jobs", {"TrainingJobSummaries": [
+        {**summary, "TrainingJobName": "finetune-sdk-b", "TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}],
+        "NextToken": "page2"}, {"NameContains": "finetune-sdk", "SortBy": "CreationTime", "SortOrder": "Descending"})
+    stub.add_response("list_training_jobs", {"TrainingJobSummaries": [
+        {**summary, "TrainingJobName": "finetune-sdk-a", "TrainingJobStatus": "Failed", "TrainingEndTime": T0}]},
+        {"NameContains": "finetune-sdk", "SortBy": "CreationTime", "SortOrder": "Descending", "NextToken": "page2"})
+    with stub:
+        jobs = backend.list_jobs()
+    assert [(j.id, j.status, j.created_at) for j in jobs] == [
+        ("finetune-sdk-b", "running", "2026-01-02T03:04:05+00:00"), ("finetune-sdk-a", "failed", "2026-01-02T03:04:05+00:00")]
+
+
+# -- invoking an endpoint -------------------------------------------------------------------------
+def _runtime(max_retries: int = 3):
+    import boto3
+
+    client = boto3.client("sagemaker-runtime", region_name="us-east-1")
+    sleeps: list[float] = []
+    transport = SageMakerTransport("ep", client=client, max_retries=max_retries, sleep=sleeps.append)
+    return Predictor(transport), Stubber(client), sleeps
+
+
+def _reply(items: list[dict]) -> dict:
+    raw = json.dumps(items).encode()
+    return {"Body": StreamingBody(io.BytesIO(raw), len(raw)), "ContentType": "application/json"}
+
+
+INVOKE = {"EndpointName": "ep", "ContentType": "application/json", "Accept": "application/json", "Body": ANY}
+
+
+def test_throttling_and_a_model_not_ready_are_retried_with_backoff():
+    predictor, stub, sleeps = _runtime()
+    stub.add_client_error("invoke_endpoint", "ThrottlingException", "Rate exceeded", 400, expected_params=INVOKE)
+    stub.add_client_error("invoke_endpoint", "ModelNotReadyException", "Model is loading", 429, expected_params=INVOKE)
+    stub.add_response("invoke_endpoint", _reply([{"generated_text": "sleep-improvement",
+                                                  "details": {"finish_reason": "stop", "completion_tokens": 3}}]),
+                      INVOKE)
+    with stub:
+        answer = predictor.predict("I can't sleep", max_new_tokens=8)
+    assert answer.text == "sleep-improvement" and answer.completion_tokens == 3
+    assert len(sleeps) == 2 and 0.3 < sleeps[0] <= 0.5 and 0.7 < sleeps[1] <= 1.0
+    stub.assert_no_pending_responses()
+
+
+def test_throttling_that_never_stops_raises_rate_limited():
+    predictor, stub, sleeps = _runtime(max_retries=2)
+    for _ in range(3):
+        stub.add_client_error("invoke_endpoint", "ThrottlingException", "Rate exceeded", 400, expected_params=INVOKE)
+    with stub, pytest.raises(RateLimited, match="throttling"):
+        predictor.predict("hi")
+    assert len(sleeps) == 2
+
+
+@pytest.mark.parametrize("original, error", [(400, BadRequest), (500, EndpointError)])
+def test_model_error_is_typed_and_not_retried(original, error):
+    predictor, stub, sleeps = _runtime()
+    stub.add_client_error("invoke_endpoint", "ModelError", "Received client error from model", 424,
+                          expected_params=INVOKE, modeled_fields={
+                              "OriginalStatusCode": original, "OriginalMessage": "max_new_tokens must be >= 1",
+                              "LogStreamArn": "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/Endpoints/ep"})
+    with stub, pytest.raises(error, match="max_new_tokens must be >= 1; its logs are in arn:aws:logs") as raised:
+        predictor.predict("hi")
+    assert type(raised.value) is error and raised.value.status == original and sleeps == []
+
+
+# -- endpoints ------------------------------------------------------------------------------------
+@pytest.fixture
+def artifact(tmp_path):
+    path = tmp_path / "artifact"
+    path.mkdir()
+    (path / "adapter_config.json").write_text("{}")
+    write_manifest(path, {"base_model": {"name": "Qwen/Qwen2.5-0.5B-Instruct", "source": "hub"},
+                          "template": COUNSEL.to_dict()})
+    return path
+
+
+def _deployer_stubs():
+    deployer = SageMakerDeployer(region="us-east-1", role=ROLE, bucket="my-bucket")
+    return deployer, Stubber(deployer.clients.client("sagemaker")), Stubber(deployer.clients.client("s3"))
+
+
+def _expect_model_and_config(sm: Stubber, s3: Stubber, name_holder: list) -> None:
+    s3.add_response("put_object", {}, {"Bucket": "my-bucket", "Key": ANY, "Body": ANY, "ChecksumAlgorithm": ANY})
+    sm.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:123456789012:model/m"},
+                    {"ModelName": ANY, "ExecutionRoleArn": ROLE, "Tags": ANY, "PrimaryContainer": ANY})
+    sm.add_response("create_endpoint_config", {"EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:x/c"},
+                    {"EndpointConfigName": ANY, "Tags": ANY, "ProductionVariants": ANY})
+
+
+def _expect_config_deleted(sm: Stubber, s3: Stubber, config: str = ANY) -> None:
+    sm.add_response("describe_endpoint_config", {
+        "EndpointConfigName": "c", "EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:x/c",
+        "CreationTime": T0, "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "m1"}]},
+        {"EndpointConfigName": config})
+    sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": config})
+    sm.add_response("describe_model", {"ModelName": "m1", "ModelArn": "arn:aws:sagemaker:us-east-1:123456789012:model/m1",
+                                       "CreationTime": T0, "PrimaryContainer": {
+                                           "ModelDataUrl": "s3://my-bucket/finetune-sdk/endpoints/m1/model.tar.gz"}},
+                    {"ModelName": "m1"})
+    sm.add_response("delete_model", {}, {"ModelName": "m1"})
+    s3.add_response("list_objects_v2", {"KeyCount": 1, "Contents": [{"Key": "finetune-sdk/endpoints/m1/model.tar.gz"}]},
+                    {"Bucket": "my-bucket", "Prefix": "finetune-sdk/endpoints/m1/model.tar.gz"})
+    s3.add_response("delete_objects", {}, {"Bucket": "my-bucket", "Delete": {
+        "Objects": [{"Key": "finetune-sdk/endpoints/m1/model.tar.gz"}]}})
+
+
+def _endpoint(status: str, **extra) -> dict:
+    return {"EndpointName": "ep", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ep",
+            "EndpointConfigName": "c", "EndpointStatus": status, "CreationTime": T0, "LastModifiedTime": T0, **extra}
+
+
+def test_an_endpoint_that_never_comes_up_times_out_and_is_deleted(artifact):
+    deployer, sm, s3 = _deployer_stubs()
+    _expect_model_and_config(sm, s3, [])
+    sm.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ep"},
+                    {"EndpointName": "ep", "EndpointConfigName": ANY, "Tags": ANY})
+    for _ in range(4):  # at 0, 10, 20 and 30 s
+        sm.add_response("describe_endpoint", _endpoint("Creating"), {"EndpointName": "ep"})
+    sm.add_response("delete_endpoint", {}, {"EndpointName": "ep"})
+    _expect_config_deleted(sm, s3)
+    sleeps = []
+    with sm, s3, pytest.raises(EndpointTimeout, match="still Creating after 30s; raise wait_timeout_s="):
+        deployer.deploy(artifact, endpoint_name="ep", wait_timeout_s=30, poll_s=10, sleep=sleeps.append)
+    assert sleeps == [10, 10, 10]
+    sm.assert_no_pending_responses()
+    s3.assert_no_pending_responses()
+
+
+def test_a_failed_endpoint_raises_its_reason_and_is_deleted(artifact):
+    deployer, sm, s3 = _deployer_stubs()
+    _expect_model_and_config(sm, s3, [])
+    sm.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ep"},
+                    {"EndpointName": "ep", "EndpointConfigName": ANY, "Tags": ANY})
+    sm.add_response("describe_endpoint", _endpoint("Failed", FailureReason="The primary container did not pass the "
+                                                   "ping health check"), {"EndpointName": "ep"})
+    sm.add_response("delete_endpoint", {}, {"EndpointName": "ep"})
+    _expect_config_deleted(sm, s3)
+    with sm, s3, pytest.raises(EndpointError, match="is Failed: The primary container did not pass the ping"):
+        deployer.deploy(artifact, endpoint_name="ep", sleep=lambda s: None)
+    sm.assert_no_pending_responses()
+
+
+def test_update_serves_a_new_config_and_deletes_the_old_one(artifact):
+    deployer, sm, s3 = _deployer_stubs()
+    sm.add_response("describe_endpoint", _endpoint("InService", EndpointConfigName="old-config"), {"EndpointName": "ep"})
+    _expect_model_and_config(sm, s3, [])
+    sm.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ep"},
+                    {"EndpointName": "ep", "EndpointConfigName": ANY})
+    sm.add_response("describe_endpoint", _endpoint("Updating"), {"EndpointName": "ep"})
+    sm.add_response("describe_endpoint", _endpoint("InService"), {"EndpointName": "ep"})
+    _expect_config_deleted(sm, s3, "old-config")
+    sleeps = []
+    with sm, s3:
+        deployer.update("ep", artifact, instance_type="ml.g5.2xlarge", poll_s=5, sleep=sleeps.append)
+    assert sleeps == [5]
+    sm.assert_no_pending_responses()
+    s3.assert_no_pending_responses()
