@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import boto3
@@ -30,7 +31,7 @@ import httpx
 import pytest
 from moto.sagemaker.models import FakeEndpointConfig
 
-from finetune_sdk import FineTuner, TrainingSettings
+from finetune_sdk import CloudError, ConfigError, FineTuner, TrainingSettings
 from finetune_sdk.backends.sagemaker import SageMakerBackend
 from finetune_sdk.deployers.sagemaker import SageMakerDeployer
 from finetune_sdk.sagemaker.images import CONTAINER_REQUIREMENTS
@@ -342,3 +343,47 @@ def test_the_example_runs_locally_and_on_sagemaker_with_one_argument_changed(
     assert printed["sagemaker"][2::2] == [f"  -> {reply}" for reply in replies] and len(replies) == 2
     assert printed["local"][1::2] == printed["sagemaker"][1::2]  # the same questions were asked
     assert _resources() == {"endpoints": [], "configs": [], "models": []}
+
+
+def test_logs_are_read_from_cloudwatch_once_the_container_writes_them(aws):
+    backend = SageMakerBackend()
+    assert backend.logs("finetune-sdk-job") == []  # no log group before any container has started
+    logs = _client("logs")
+    logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
+    logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName="finetune-sdk-job/algo-1-1700")
+    logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName="other-job/algo-1-1700")
+    for stream, message in (("finetune-sdk-job/algo-1-1700", "finetune_sdk: training Qwen on 1 GPU(s)"),
+                            ("other-job/algo-1-1700", "not ours")):
+        logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream,
+                            logEvents=[{"timestamp": int(time.time() * 1000), "message": message}])
+    assert backend.logs("finetune-sdk-job") == ["finetune_sdk: training Qwen on 1 GPU(s)"]
+
+
+def test_a_fresh_run_refuses_a_checkpoint_prefix_that_holds_checkpoints(aws, tiny_model_dir, counsel_rows, tmp_path):
+    s3 = _client("s3")
+    s3.create_bucket(Bucket="team-bucket")
+    s3.put_object(Bucket="team-bucket", Key="ckpt/step-000050/state.json", Body=b"{}")
+    backend = SageMakerBackend(bucket="team-bucket", checkpoint_s3_uri="s3://team-bucket/ckpt")
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:16], COUNSEL, output_dir=tmp_path / "out", backend=backend)
+    with pytest.raises(ConfigError, match="s3://team-bucket/ckpt already holds checkpoints; pass resume=True"):
+        tuner.train()
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="team-bucket")["Contents"]] == ["ckpt/step-000050/state.json"]
+    assert _client("sagemaker").list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_a_rejected_request_leaves_no_uploads(aws, tiny_model_dir, counsel_rows, tmp_path):
+    """The inputs go up to (moto's) S3 for real; CreateTrainingJob is refused; the uploads are deleted again."""
+    from botocore.stub import Stubber
+
+    _client("s3").create_bucket(Bucket="team-bucket")
+    backend = SageMakerBackend(bucket="team-bucket")
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:16], COUNSEL, output_dir=tmp_path / "out", backend=backend)
+    uploads = []
+    backend.clients.client("s3").meta.events.register("after-call.s3.PutObject", lambda **kw: uploads.append(1))
+    with Stubber(backend.clients.client("sagemaker")) as sm:
+        sm.add_client_error("create_training_job", "ResourceLimitExceeded",
+                            "The account-level service limit 'ml.g5.2xlarge for training job usage' is 0 Instances")
+        with pytest.raises(CloudError, match="hit an account quota: The account-level service limit"):
+            tuner.train()
+    assert len(uploads) >= 4  # train, eval, model files, sourcedir
+    assert "Contents" not in _client("s3").list_objects_v2(Bucket="team-bucket")
