@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,8 @@ class SageMakerBackend:
             with aws_errors(f"create the training job {name}"):
                 clients.client("sagemaker").create_training_job(**request)
         except BaseException:
-            clients.delete_prefix(bucket, f"{root}/")  # no orphaned uploads for a job that never started
+            with suppress(Exception):  # no orphaned uploads for a job that never started; the first error wins
+                clients.delete_prefix(bucket, f"{root}/")
             raise
         self._outputs[name] = spec.output_dir
         return job_from_description(self, self._describe(name), spec.output_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,9 +63,13 @@ class SageMakerDeployer:
         try:
             with aws_errors(f"create the endpoint {name}"):
                 sm.create_endpoint(EndpointName=name, EndpointConfigName=config, Tags=self._tags())
+        except BaseException:
+            self._delete_quietly(config)  # the name may belong to an endpoint that is not ours: leave it be
+            raise
+        try:
             self.wait_in_service(name, wait_timeout_s, poll_s, sleep)
         except BaseException:
-            self._delete_quietly(name, config)
+            self._delete_quietly(config, endpoint_name=name)
             raise
         transport = SageMakerTransport(name, region=self.clients.region, endpoint_url=self.settings.endpoint_url,
                                        timeout=timeout, max_retries=max_retries,
@@ -160,10 +165,10 @@ class SageMakerDeployer:
                     ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name, **variant_options}],
                     **({"KmsKeyId": s.kms_key_id} if s.kms_key_id and serverless is None else {}))
         except BaseException:
-            if created_model:
-                with aws_errors(f"delete the model {name}"):
+            with suppress(Exception):
+                if created_model:
                     sm.delete_model(ModelName=name)
-            clients.delete_prefix(bucket, key)
+                clients.delete_prefix(bucket, key)
             raise
         return name
 
@@ -181,14 +186,14 @@ class SageMakerDeployer:
             if data and f"/endpoints/{model}/" in data:  # only what deploy() uploaded
                 self.clients.delete_prefix(*split_s3_uri(data))
 
-    def _delete_quietly(self, endpoint_name: str, config: str) -> None:
+    def _delete_quietly(self, config: str, endpoint_name: str | None = None) -> None:
         """Best-effort cleanup after a failed deploy; the original error is what the caller needs."""
         sm = self.clients.client("sagemaker")
-        for call in (lambda: sm.delete_endpoint(EndpointName=endpoint_name), lambda: self._delete_config(config)):
-            try:
-                call()
-            except Exception:
-                pass
+        if endpoint_name is not None:
+            with suppress(Exception):
+                sm.delete_endpoint(EndpointName=endpoint_name)
+        with suppress(Exception):
+            self._delete_config(config)
 
     def _tags(self) -> list[dict[str, str]]:
         return [{"Key": k, "Value": v} for k, v in {"finetune-sdk": "endpoint", **self.settings.tags}.items()]

@@ -14,6 +14,7 @@ from ..artifact import staged_directory
 from ..errors import ArtifactError
 
 SKIPPED = {"__pycache__", ".pytest_cache"}
+FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python's own check, where it has one
 
 
 def sdk_source() -> Path:
@@ -58,7 +59,7 @@ def safe_extract(archive: Path, target: Path) -> Path:
             check_members(members, archive.name)
             with staged_directory(target) as stage:
                 for member in members:
-                    tar.extract(member, stage, set_attrs=False, filter="data")
+                    tar.extract(member, stage, set_attrs=False, **FILTER)
     except tarfile.TarError as exc:
         raise ArtifactError(f"{archive.name} is not a readable tar.gz ({exc}); download it again") from exc
     return target

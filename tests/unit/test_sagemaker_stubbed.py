@@ -11,7 +11,7 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from finetune_sdk import BadRequest, EndpointError, EndpointTimeout, Predictor, RateLimited, TrainingError
+from finetune_sdk import BadRequest, ConfigError, EndpointError, EndpointTimeout, Predictor, RateLimited, TrainingError
 from finetune_sdk.artifact import write_manifest
 from finetune_sdk.backends.base import TrainingJob
 from finetune_sdk.backends.sagemaker import SageMakerBackend
@@ -263,3 +263,17 @@ def test_update_serves_a_new_config_and_deletes_the_old_one(artifact):
     assert sleeps == [5]
     sm.assert_no_pending_responses()
     s3.assert_no_pending_responses()
+
+
+def test_an_endpoint_name_in_use_is_refused_and_that_endpoint_is_left_alone(artifact):
+    deployer, sm, s3 = _deployer_stubs()
+    _expect_model_and_config(sm, s3, [])
+    sm.add_client_error("create_endpoint", "ValidationException", 'Cannot create already existing endpoint "ep".',
+                        400, expected_params={"EndpointName": "ep", "EndpointConfigName": ANY, "Tags": ANY})
+    _expect_config_deleted(sm, s3)  # the config and model just created are ours
+    calls = []
+    sm.client.meta.events.register("before-parameter-build.sagemaker", lambda model, **kw: calls.append(model.name))
+    with sm, s3, pytest.raises(ConfigError, match="Cannot create already existing endpoint"):
+        deployer.deploy(artifact, endpoint_name="ep")
+    sm.assert_no_pending_responses()
+    assert "DeleteEndpoint" not in calls and calls[-1] == "DeleteModel"
