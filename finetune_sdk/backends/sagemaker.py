@@ -52,10 +52,9 @@ class SageMakerBackend:
         return self._clients
 
     def create(self, spec: JobSpec, *, resume: bool = False) -> TrainingJob:
+        """Upload the inputs and start a training job; every setting is checked before the first upload."""
         s = self.settings
-        if s.role is None:
-            raise ConfigError("no IAM role for SageMaker; pass SageMakerBackend(role='arn:aws:iam::<account>:role/"
-                              "<name>') or set FINETUNE_SDK_SAGEMAKER_ROLE")
+        role = s.require_role()
         clients = self.clients
         clients.check_credentials()
         image = s.image_uri or image_uri(TRAINING_IMAGE, clients.region)
@@ -72,7 +71,7 @@ class SageMakerBackend:
             with tempfile.TemporaryDirectory(prefix="finetune-sdk-upload-") as tmp:
                 channels = self._upload_inputs(spec, model_dir, bucket, f"{root}/input")
                 sourcedir = clients.upload(pack_sourcedir(spec, Path(tmp)), bucket, f"{root}/source/sourcedir.tar.gz")
-            request = training_request(name=name, settings=s, role=s.role, image=image, region=clients.region,
+            request = training_request(name=name, settings=s, role=role, image=image, region=clients.region,
                                        channels=channels, sourcedir=sourcedir, output=f"s3://{bucket}/{root}/output",
                                        checkpoints=s.checkpoint_s3_uri or f"s3://{bucket}/{root}/checkpoints")
             with aws_errors(f"create the training job {name}"):

@@ -131,9 +131,7 @@ class SageMakerDeployer:
         """Check the options, upload model.tar.gz, create the model and endpoint config; return their name."""
         s = self.settings
         variant_options = _variant_options(instance_type, instance_count, serverless, volume_size_gb)
-        if s.role is None:
-            raise ConfigError("no IAM role for SageMaker; pass SageMakerDeployer(role='arn:aws:iam::<account>:"
-                              "role/<name>') or set FINETUNE_SDK_SAGEMAKER_ROLE")
+        role = s.require_role()
         clients = self.clients
         clients.check_credentials()
         image = image_uri or images.image_uri(images.INFERENCE_IMAGE, clients.region)
@@ -152,7 +150,7 @@ class SageMakerDeployer:
         created_model = False
         try:
             with aws_errors(f"create the model {name}"):
-                sm.create_model(ModelName=name, ExecutionRoleArn=s.role, Tags=self._tags(),
+                sm.create_model(ModelName=name, ExecutionRoleArn=role, Tags=self._tags(),
                                 PrimaryContainer={"Image": image, "ModelDataUrl": model_data, "Environment": {
                                     "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": clients.region,
                                     "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}},

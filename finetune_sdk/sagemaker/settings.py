@@ -148,6 +148,13 @@ class SageMakerSettings(BaseModel):
             raise ValueError("a VPC needs both subnets and security_group_ids")
         return self
 
+    def require_role(self) -> str:
+        """The role, or a ConfigError saying how to give one (checked before anything is uploaded)."""
+        if self.role is None:
+            raise ConfigError(f"no IAM role for SageMaker; pass role='{ROLE_EXAMPLE}' (your role's ARN) or set "
+                              f"{ENV_PREFIX}ROLE")
+        return self.role
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **given: Any) -> "SageMakerSettings":
         """Settings from ``given``, falling back to ``FINETUNE_SDK_SAGEMAKER_<FIELD>`` variables."""

@@ -17,7 +17,6 @@ then moved in with the manifest last: a model directory without ``finetune_sdk.j
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass, field

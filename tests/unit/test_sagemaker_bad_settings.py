@@ -55,7 +55,7 @@ CASES = [
      "role='arn:aws:iam::12345:role/x' is not an IAM role ARN; pass one like arn:aws:iam::123456789012:role/"),
     ("bad role ARN from the environment", lambda mp: mp.setenv("FINETUNE_SDK_SAGEMAKER_ROLE", "SageMakerRole") or
      "sagemaker", ConfigError, "role='SageMakerRole' is not an IAM role ARN"),
-    ("no role", lambda mp: "sagemaker", ConfigError, "no IAM role for SageMaker; pass SageMakerBackend(role="),
+    ("no role", lambda mp: "sagemaker", ConfigError, "no IAM role for SageMaker; pass role='arn:aws:iam::123456789012:role/SageMakerExecutionRole' (your role's ARN) or set FINETUNE_SDK_SAGEMAKER_ROLE"),
     ("bad checkpoint S3 URI", lambda mp: SageMakerBackend(role=ROLE, checkpoint_s3_uri="my-bucket/checkpoints"),
      ConfigError, "checkpoint_s3_uri='my-bucket/checkpoints' is not an S3 URI; write it as s3://bucket-name/prefix"),
     ("bucket given as a URI", lambda mp: SageMakerBackend(role=ROLE, bucket="s3://my-bucket"), ConfigError,
