@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from ..artifact import MANIFEST, Artifact
 from ..errors import ArtifactError, ConfigError
@@ -31,6 +32,7 @@ ENTRY_FILE = "train_entry.py"
 SPEC_FILE = "finetune_sdk_spec.json"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+ENDED = {"Completed", "Failed", "Stopped"}
 STATUS = {"Completed": "completed", "Failed": "failed", "Stopped": "cancelled", "Stopping": "running"}
 WAITING = {"Starting", "Pending", "LaunchingMLInstances", "PreparingTrainingStack", "Downloading",
            "DownloadingTrainingImage", "Restarting"}
@@ -129,7 +131,7 @@ class SageMakerBackend:
                  "message": t.get("StatusMessage", "")} for t in self._describe(job_id).get("SecondaryStatusTransitions", [])]
 
     def logs(self, job_id: str) -> list[str]:
-        """The job's CloudWatch log lines, oldest first (none until the container has started)."""
+        """The job's CloudWatch log lines so far, oldest first (none until the container has started)."""
         logs = self.clients.client("logs")
         try:
             streams = logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job_id}/")["logStreams"]
@@ -138,10 +140,28 @@ class SageMakerBackend:
         lines: list[str] = []
         with aws_errors(f"read the logs of {job_id}"):
             for stream in streams:
-                events = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream["logStreamName"],
-                                             startFromHead=True)["events"]
-                lines += [event["message"] for event in events]
+                token = None
+                while True:  # a page holds at most 10,000 events; the token repeats at the end
+                    page = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream["logStreamName"],
+                                               startFromHead=True, **({"nextToken": token} if token else {}))
+                    lines += [event["message"] for event in page["events"]]
+                    if not page["events"] or page.get("nextForwardToken") == token:
+                        break
+                    token = page["nextForwardToken"]
         return lines
+
+    def follow_logs(self, job_id: str, *, poll: float = 10.0,
+                    sleep: Callable[[float], None] = time.sleep) -> Iterator[str]:
+        """Yield the job's log lines as CloudWatch receives them, until the job has ended."""
+        shown = 0
+        while True:
+            ended = self._describe(job_id)["TrainingJobStatus"] in ENDED
+            lines = self.logs(job_id)
+            yield from lines[shown:]
+            shown = len(lines)
+            if ended:
+                return
+            sleep(poll)
 
     def cancel(self, job_id: str) -> None:
         with aws_errors(f"stop the training job {job_id}"):

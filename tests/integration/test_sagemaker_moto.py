@@ -359,6 +359,30 @@ def test_logs_are_read_from_cloudwatch_once_the_container_writes_them(aws):
     assert backend.logs("finetune-sdk-job") == ["finetune_sdk: training Qwen on 1 GPU(s)"]
 
 
+def test_follow_logs_yields_lines_until_the_job_has_ended(aws):
+    from botocore.stub import Stubber
+
+    backend = SageMakerBackend()
+    logs = _client("logs")
+    logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
+    logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName="finetune-sdk-job/algo-1-1")
+
+    def write(message: str) -> None:
+        logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName="finetune-sdk-job/algo-1-1",
+                            logEvents=[{"timestamp": int(time.time() * 1000), "message": message}])
+
+    write("loading the model")
+    base = {"TrainingJobName": "finetune-sdk-job", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/j",
+            "AlgorithmSpecification": {"TrainingInputMode": "File"}, "ModelArtifacts": {"S3ModelArtifacts": "s3://b/k"},
+            "ResourceConfig": {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 1},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 60}, "CreationTime": "2026-01-01T00:00:00Z"}
+    with Stubber(backend.clients.client("sagemaker")) as sm:  # moto completes jobs at once: script the states
+        for status in ("InProgress", "InProgress", "Completed"):
+            sm.add_response("describe_training_job", {**base, "TrainingJobStatus": status, "SecondaryStatus": "Training"})
+        lines = backend.follow_logs("finetune-sdk-job", poll=5, sleep=lambda s: write(f"slept {s}"))
+        assert list(lines) == ["loading the model", "slept 5", "slept 5"]
+
+
 def test_a_fresh_run_refuses_a_checkpoint_prefix_that_holds_checkpoints(aws, tiny_model_dir, counsel_rows, tmp_path):
     s3 = _client("s3")
     s3.create_bucket(Bucket="team-bucket")
