@@ -411,3 +411,27 @@ def test_a_rejected_request_leaves_no_uploads(aws, tiny_model_dir, counsel_rows,
             tuner.train()
     assert len(uploads) >= 4  # train, eval, model files, sourcedir
     assert "Contents" not in _client("s3").list_objects_v2(Bucket="team-bucket")
+
+
+def test_a_serverless_endpoint_and_its_teardown(aws, tmp_path):
+    from finetune_sdk.artifact import write_manifest
+
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    (artifact / "adapter_config.json").write_text("{}")
+    write_manifest(artifact, {"base_model": {"name": "Qwen/Qwen2.5-0.5B-Instruct", "source": "hub"},
+                              "template": COUNSEL.to_dict()})
+    deployer = SageMakerDeployer(tags={"team": "care"})
+    with deployer.deploy(artifact, serverless={"memory_mb": 4096, "max_concurrency": 2}, poll_s=1) as predictor:
+        sm = _client("sagemaker")
+        endpoint = sm.describe_endpoint(EndpointName=predictor.transport.endpoint_name)
+        variant = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])["ProductionVariants"][0]
+        assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 2}
+        assert "InstanceType" not in variant and "ContainerStartupHealthCheckTimeoutInSeconds" not in variant
+        model = sm.describe_model(ModelName=variant["ModelName"])
+        assert model["PrimaryContainer"]["Image"] == ("763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+                                                      "huggingface-pytorch-inference:2.3.0-transformers4.48.0-gpu-py311-"
+                                                      "cu121-ubuntu22.04")
+        assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_MODEL_SERVER_WORKERS"] == "1"
+        assert {"Key": "team", "Value": "care"} in sm.list_tags(ResourceArn=endpoint["EndpointArn"])["Tags"]
+    assert _resources() == {"endpoints": [], "configs": [], "models": []}
