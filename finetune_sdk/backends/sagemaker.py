@@ -127,8 +127,9 @@ class SageMakerBackend:
 
     def list_events(self, job_id: str) -> list[dict[str, Any]]:
         """SageMaker's status transitions, oldest first, in the local backend's event shape."""
+        transitions = self._describe(job_id).get("SecondaryStatusTransitions", [])
         return [{"time": _iso(t.get("StartTime")), "event": "status", "status": t["Status"],
-                 "message": t.get("StatusMessage", "")} for t in self._describe(job_id).get("SecondaryStatusTransitions", [])]
+                 "message": t.get("StatusMessage", "")} for t in transitions]
 
     def logs(self, job_id: str) -> list[str]:
         """The job's CloudWatch log lines so far, oldest first (none until the container has started)."""
@@ -194,7 +195,8 @@ def training_request(*, name: str, settings: SageMakerSettings, role: str, image
              "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
                                              "S3DataDistributionType": "FullyReplicated"}}}
             for channel, uri in channels.items()],
-        "OutputDataConfig": {"S3OutputPath": output, **({"KmsKeyId": settings.kms_key_id} if settings.kms_key_id else {})},
+        "OutputDataConfig": {"S3OutputPath": output,
+                             **({"KmsKeyId": settings.kms_key_id} if settings.kms_key_id else {})},
         "ResourceConfig": {"InstanceType": settings.instance_type, "InstanceCount": settings.instance_count,
                            "VolumeSizeInGB": settings.volume_size_gb,
                            **({"VolumeKmsKeyId": settings.kms_key_id} if settings.kms_key_id else {})},

@@ -57,7 +57,8 @@ class SageMakerDeployer:
         name = endpoint_name or unique_name(Path(artifact.base_model).name)
         config = self._create_model_and_config(artifact, Path(artifact.base_model).name, instance_type=instance_type,
                                                instance_count=instance_count, serverless=serverless,
-                                               image_uri=image_uri, use_merged=use_merged, volume_size_gb=volume_size_gb,
+                                               image_uri=image_uri, use_merged=use_merged,
+                                               volume_size_gb=volume_size_gb,
                                                startup_timeout_s=startup_timeout_s)
         sm = self.clients.client("sagemaker")
         try:
@@ -174,7 +175,8 @@ class SageMakerDeployer:
         """Delete an endpoint config, the models it names and their model.tar.gz."""
         sm = self.clients.client("sagemaker")
         with aws_errors(f"describe the endpoint config {config}"):
-            models = [v["ModelName"] for v in sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]]
+            variants = sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]
+        models = [v["ModelName"] for v in variants]
         with aws_errors(f"delete the endpoint config {config}"):
             sm.delete_endpoint_config(EndpointConfigName=config)
         for model in models:

@@ -15,10 +15,10 @@ from typing import Any, Callable
 import boto3
 from botocore.config import Config
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
-                                 NoCredentialsError, ReadTimeoutError)
+                                 NoCredentialsError, NoRegionError, ReadTimeoutError)
 
-from ..errors import (AuthenticationError, BadRequest, EndpointError, EndpointTimeout, EndpointUnavailable,
-                      RateLimited)
+from ..errors import (AuthenticationError, BadRequest, ConfigError, EndpointError, EndpointTimeout,
+                      EndpointUnavailable, RateLimited)
 from .retry import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, check_max_retries, retrying
 
 JSON = "application/json"
@@ -35,9 +35,13 @@ class SageMakerTransport:
                  on_close: Callable[[], None] | None = None) -> None:
         check_max_retries(max_retries)
         if client is None:
-            client = boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None).client(
-                "sagemaker-runtime", endpoint_url=endpoint_url,
-                config=Config(read_timeout=timeout, retries={"mode": "standard", "max_attempts": 1}))
+            try:
+                client = boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None).client(
+                    "sagemaker-runtime", endpoint_url=endpoint_url,
+                    config=Config(read_timeout=timeout, retries={"mode": "standard", "max_attempts": 1}))
+            except NoRegionError as exc:
+                raise ConfigError(f"no AWS region for the endpoint {endpoint_name!r}; pass region= or set "
+                                  "AWS_REGION") from exc
         self.endpoint_name = endpoint_name
         self.client = client
         self.max_retries = max_retries

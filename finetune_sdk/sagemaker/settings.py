@@ -77,7 +77,8 @@ class SageMakerSettings(BaseModel):
 
     role: str | None = Field(None, description="IAM role SageMaker assumes to read data and write the model")
     region: str | None = Field(None, description="AWS region; default: the boto3 session's (AWS_REGION)")
-    bucket: str | None = Field(None, description="S3 bucket for inputs and outputs; default sagemaker-{region}-{account}")
+    bucket: str | None = Field(None, description="S3 bucket for inputs and outputs; default "
+                                                 "sagemaker-{region}-{account}")
     prefix: str = Field("finetune-sdk", description="key prefix inside the bucket")
     instance_type: str = Field("ml.g5.2xlarge", description="training instance type")
     instance_count: int = Field(1, description="instances per job (the training program uses one)")

@@ -256,9 +256,9 @@ def test_train_deploy_predict_and_teardown(containers, tiny_model_dir, counsel_r
     assert _client("sagemaker").list_tags(ResourceArn=job["TrainingJobArn"])["Tags"] == [
         {"Key": "finetune-sdk", "Value": "training"}]
     keys = {o["Key"] for o in _client("s3").list_objects_v2(Bucket=bucket)["Contents"]}
-    assert {f"finetune-sdk/{tuner.job.id}/input/train/train.jsonl", f"finetune-sdk/{tuner.job.id}/input/eval/eval.jsonl",
-            f"finetune-sdk/{tuner.job.id}/input/model/config.json",
-            f"finetune-sdk/{tuner.job.id}/source/sourcedir.tar.gz"} <= keys
+    job_keys = f"finetune-sdk/{tuner.job.id}"
+    assert {f"{job_keys}/input/train/train.jsonl", f"{job_keys}/input/eval/eval.jsonl",
+            f"{job_keys}/input/model/config.json", f"{job_keys}/source/sourcedir.tar.gz"} <= keys
     with tarfile.open(fileobj=_object(bucket, f"finetune-sdk/{tuner.job.id}/source/sourcedir.tar.gz")) as tar:
         names = set(tar.getnames())
         requirements = tar.extractfile("requirements.txt").read().decode().split()
@@ -298,7 +298,8 @@ def test_train_deploy_predict_and_teardown(containers, tiny_model_dir, counsel_r
     assert answer.text == expected["generated_text"]
     assert answer.completion_tokens == expected["details"]["completion_tokens"] > 0
     assert answer.prompt_tokens == expected["details"]["prompt_tokens"] > 10
-    assert _resources() == {"endpoints": [endpoint], "configs": [variant["ModelName"]], "models": [variant["ModelName"]]}
+    assert _resources() == {"endpoints": [endpoint], "configs": [variant["ModelName"]],
+                            "models": [variant["ModelName"]]}
 
     predictor.close()
     assert _resources() == {"endpoints": [], "configs": [], "models": []}
@@ -337,7 +338,8 @@ def test_the_example_runs_locally_and_on_sagemaker_with_one_argument_changed(
     steps = {name: json.loads((tmp_path / name / "finetune_sdk.json").read_text())["metrics"]["steps"]
              for name in printed}
     assert steps["local"] == steps["sagemaker"] > 0
-    assert printed["sagemaker"][0].startswith("job finetune-sdk-tiny-llama") and " completed: eval_loss=" in printed["sagemaker"][0]
+    summary = printed["sagemaker"][0]
+    assert summary.startswith("job finetune-sdk-tiny-llama") and " completed: eval_loss=" in summary
     container = containers["endpoints"][0]
     replies = [json.loads(reply)[0]["generated_text"] for reply in container.replies]
     assert printed["sagemaker"][2::2] == [f"  -> {reply}" for reply in replies] and len(replies) == 2
@@ -378,7 +380,8 @@ def test_follow_logs_yields_lines_until_the_job_has_ended(aws):
             "StoppingCondition": {"MaxRuntimeInSeconds": 60}, "CreationTime": "2026-01-01T00:00:00Z"}
     with Stubber(backend.clients.client("sagemaker")) as sm:  # moto completes jobs at once: script the states
         for status in ("InProgress", "InProgress", "Completed"):
-            sm.add_response("describe_training_job", {**base, "TrainingJobStatus": status, "SecondaryStatus": "Training"})
+            sm.add_response("describe_training_job",
+                            {**base, "TrainingJobStatus": status, "SecondaryStatus": "Training"})
         lines = backend.follow_logs("finetune-sdk-job", poll=5, sleep=lambda s: write(f"slept {s}"))
         assert list(lines) == ["loading the model", "slept 5", "slept 5"]
 
@@ -425,13 +428,14 @@ def test_a_serverless_endpoint_and_its_teardown(aws, tmp_path):
     with deployer.deploy(artifact, serverless={"memory_mb": 4096, "max_concurrency": 2}, poll_s=1) as predictor:
         sm = _client("sagemaker")
         endpoint = sm.describe_endpoint(EndpointName=predictor.transport.endpoint_name)
-        variant = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])["ProductionVariants"][0]
+        config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+        variant = config["ProductionVariants"][0]
         assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 2}
         assert "InstanceType" not in variant and "ContainerStartupHealthCheckTimeoutInSeconds" not in variant
         model = sm.describe_model(ModelName=variant["ModelName"])
-        assert model["PrimaryContainer"]["Image"] == ("763104351884.dkr.ecr.us-east-1.amazonaws.com/"
-                                                      "huggingface-pytorch-inference:2.3.0-transformers4.48.0-gpu-py311-"
-                                                      "cu121-ubuntu22.04")
+        assert model["PrimaryContainer"]["Image"] == (
+            "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-inference:2.3.0-transformers4.48.0-"
+            "gpu-py311-cu121-ubuntu22.04")
         assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_MODEL_SERVER_WORKERS"] == "1"
         assert {"Key": "team", "Value": "care"} in sm.list_tags(ResourceArn=endpoint["EndpointArn"])["Tags"]
     assert _resources() == {"endpoints": [], "configs": [], "models": []}

@@ -55,7 +55,8 @@ CASES = [
      "role='arn:aws:iam::12345:role/x' is not an IAM role ARN; pass one like arn:aws:iam::123456789012:role/"),
     ("bad role ARN from the environment", lambda mp: mp.setenv("FINETUNE_SDK_SAGEMAKER_ROLE", "SageMakerRole") or
      "sagemaker", ConfigError, "role='SageMakerRole' is not an IAM role ARN"),
-    ("no role", lambda mp: "sagemaker", ConfigError, "no IAM role for SageMaker; pass role='arn:aws:iam::123456789012:role/SageMakerExecutionRole' (your role's ARN) or set FINETUNE_SDK_SAGEMAKER_ROLE"),
+    ("no role", lambda mp: "sagemaker", ConfigError, "no IAM role for SageMaker; pass role='arn:aws:iam::"
+     "123456789012:role/SageMakerExecutionRole' (your role's ARN) or set FINETUNE_SDK_SAGEMAKER_ROLE"),
     ("bad checkpoint S3 URI", lambda mp: SageMakerBackend(role=ROLE, checkpoint_s3_uri="my-bucket/checkpoints"),
      ConfigError, "checkpoint_s3_uri='my-bucket/checkpoints' is not an S3 URI; write it as s3://bucket-name/prefix"),
     ("bucket given as a URI", lambda mp: SageMakerBackend(role=ROLE, bucket="s3://my-bucket"), ConfigError,
@@ -66,7 +67,8 @@ CASES = [
      "instance_type='g5.xlarge' is not a SageMaker training instance type; e.g. ml.g5.2xlarge"),
     ("bad region", lambda mp: SageMakerBackend(role=ROLE, region="us-east-9"), ConfigError,
      "region='us-east-9' is not a region with SageMaker"),
-    ("bad region from the environment", lambda mp: mp.setenv("AWS_REGION", "mars-north-1") or SageMakerBackend(role=ROLE),
+    ("bad region from the environment",
+     lambda mp: mp.setenv("AWS_REGION", "mars-north-1") or SageMakerBackend(role=ROLE),
      ConfigError, "region='mars-north-1' is not a region with SageMaker"),
     ("spot wait shorter than the run", lambda mp: SageMakerBackend(role=ROLE, spot=True, max_wait_s=600,
                                                                     max_runtime_s=3600),
@@ -136,3 +138,13 @@ def test_from_sagemaker_without_boto3_raises_the_install_hint(monkeypatch):
 
     with pytest.raises(MissingDependencyError, match=r"pip install 'finetune-sdk\[sagemaker\]'"):
         Predictor.from_sagemaker("ep", region="us-east-1")
+
+
+def test_from_sagemaker_without_a_region_says_how_to_give_one(requests, monkeypatch):
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    from finetune_sdk import Predictor
+
+    with pytest.raises(ConfigError, match="no AWS region for the endpoint 'ep'; pass region= or set AWS_REGION"):
+        Predictor.from_sagemaker("ep")
+    assert requests == []

@@ -90,7 +90,8 @@ def test_a_restarted_job_resumes_from_the_checkpoints_and_fills_the_model_dir(sh
     assert artifact.metrics["steps"] == 4
     assert artifact.manifest["base_model"] == {"name": str(tiny_model_dir), "source": "local",
                                                "path": str(tiny_model_dir), "revision": None}
-    assert json.loads((opt / "model" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    adapter_config = json.loads((opt / "model" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_model_dir)
     assert moves[-1] == MANIFEST and len(moves) == len(list((opt / "model").iterdir()))
     assert list((opt / "output" / "data" / "artifact").iterdir()) == []
     assert JobSpec.load(spec_path) == spec  # the shipped spec is not modified

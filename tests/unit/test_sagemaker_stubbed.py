@@ -20,6 +20,7 @@ from finetune_sdk.predict.sagemaker import SageMakerTransport
 from tests.conftest import COUNSEL
 
 ROLE = "arn:aws:iam::123456789012:role/FineTuneSdkSageMaker"
+ARN = "arn:aws:sagemaker:us-east-1:123456789012"
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
@@ -34,7 +35,7 @@ def fake_aws(monkeypatch, tmp_path):
 
 
 def _described(status: str, secondary: str, **extra) -> dict:
-    return {"TrainingJobName": "finetune-sdk-job", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x",
+    return {"TrainingJobName": "finetune-sdk-job", "TrainingJobArn": f"{ARN}:training-job/x",
             "TrainingJobStatus": status, "SecondaryStatus": secondary, "CreationTime": T0,
             "AlgorithmSpecification": {"TrainingInputMode": "File"}, "ResourceConfig": {
                 "InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 100},
@@ -91,7 +92,8 @@ def test_a_failed_job_raises_with_its_failure_reason():
 def test_cancel_stops_the_job():
     backend, stub = _job_stub([])
     stub.add_response("stop_training_job", {}, {"TrainingJobName": "finetune-sdk-job"})
-    stub.add_response("describe_training_job", _described("Stopped", "Stopped"), {"TrainingJobName": "finetune-sdk-job"})
+    stub.add_response("describe_training_job", _described("Stopped", "Stopped"),
+                      {"TrainingJobName": "finetune-sdk-job"})
     job = TrainingJob("finetune-sdk-job", backend, status="running")
     with stub:
         job.cancel()
@@ -105,9 +107,10 @@ def test_cancel_stops_the_job():
 
 def test_list_jobs_pages_through_list_training_jobs():
     backend, stub = _job_stub([])
-    summary = {"TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x", "CreationTime": T0}
+    summary = {"TrainingJobArn": f"{ARN}:training-job/x", "CreationTime": T0}
     stub.add_response("list_training_jobs", {"TrainingJobSummaries": [
-        {**summary, "TrainingJobName": "finetune-sdk-b", "TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}],
+        {**summary, "TrainingJobName": "finetune-sdk-b", "TrainingJobStatus": "InProgress",
+         "SecondaryStatus": "Training"}],
         "NextToken": "page2"}, {"NameContains": "finetune-sdk", "SortBy": "CreationTime", "SortOrder": "Descending"})
     stub.add_response("list_training_jobs", {"TrainingJobSummaries": [
         {**summary, "TrainingJobName": "finetune-sdk-a", "TrainingJobStatus": "Failed", "TrainingEndTime": T0}]},
@@ -115,7 +118,8 @@ def test_list_jobs_pages_through_list_training_jobs():
     with stub:
         jobs = backend.list_jobs()
     assert [(j.id, j.status, j.created_at) for j in jobs] == [
-        ("finetune-sdk-b", "running", "2026-01-02T03:04:05+00:00"), ("finetune-sdk-a", "failed", "2026-01-02T03:04:05+00:00")]
+        ("finetune-sdk-b", "running", "2026-01-02T03:04:05+00:00"),
+        ("finetune-sdk-a", "failed", "2026-01-02T03:04:05+00:00")]
 
 
 # -- invoking an endpoint -------------------------------------------------------------------------
@@ -165,7 +169,8 @@ def test_model_error_is_typed_and_not_retried(original, error):
     stub.add_client_error("invoke_endpoint", "ModelError", "Received client error from model", 424,
                           expected_params=INVOKE, modeled_fields={
                               "OriginalStatusCode": original, "OriginalMessage": "max_new_tokens must be >= 1",
-                              "LogStreamArn": "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/Endpoints/ep"})
+                              "LogStreamArn": "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/"
+                                              "Endpoints/ep"})
     with stub, pytest.raises(error, match="max_new_tokens must be >= 1; its logs are in arn:aws:logs") as raised:
         predictor.predict("hi")
     assert type(raised.value) is error and raised.value.status == original and sleeps == []
@@ -187,21 +192,21 @@ def _deployer_stubs():
     return deployer, Stubber(deployer.clients.client("sagemaker")), Stubber(deployer.clients.client("s3"))
 
 
-def _expect_model_and_config(sm: Stubber, s3: Stubber, name_holder: list) -> None:
+def _expect_model_and_config(sm: Stubber, s3: Stubber) -> None:
     s3.add_response("put_object", {}, {"Bucket": "my-bucket", "Key": ANY, "Body": ANY, "ChecksumAlgorithm": ANY})
-    sm.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:123456789012:model/m"},
+    sm.add_response("create_model", {"ModelArn": f"{ARN}:model/m"},
                     {"ModelName": ANY, "ExecutionRoleArn": ROLE, "Tags": ANY, "PrimaryContainer": ANY})
-    sm.add_response("create_endpoint_config", {"EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:x/c"},
+    sm.add_response("create_endpoint_config", {"EndpointConfigArn": f"{ARN}:x/c"},
                     {"EndpointConfigName": ANY, "Tags": ANY, "ProductionVariants": ANY})
 
 
 def _expect_config_deleted(sm: Stubber, s3: Stubber, config: str = ANY) -> None:
     sm.add_response("describe_endpoint_config", {
-        "EndpointConfigName": "c", "EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:x/c",
+        "EndpointConfigName": "c", "EndpointConfigArn": f"{ARN}:x/c",
         "CreationTime": T0, "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "m1"}]},
         {"EndpointConfigName": config})
     sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": config})
-    sm.add_response("describe_model", {"ModelName": "m1", "ModelArn": "arn:aws:sagemaker:us-east-1:123456789012:model/m1",
+    sm.add_response("describe_model", {"ModelName": "m1", "ModelArn": f"{ARN}:model/m1",
                                        "CreationTime": T0, "PrimaryContainer": {
                                            "ModelDataUrl": "s3://my-bucket/finetune-sdk/endpoints/m1/model.tar.gz"}},
                     {"ModelName": "m1"})
@@ -213,14 +218,14 @@ def _expect_config_deleted(sm: Stubber, s3: Stubber, config: str = ANY) -> None:
 
 
 def _endpoint(status: str, **extra) -> dict:
-    return {"EndpointName": "ep", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ep",
+    return {"EndpointName": "ep", "EndpointArn": f"{ARN}:endpoint/ep",
             "EndpointConfigName": "c", "EndpointStatus": status, "CreationTime": T0, "LastModifiedTime": T0, **extra}
 
 
 def test_an_endpoint_that_never_comes_up_times_out_and_is_deleted(artifact):
     deployer, sm, s3 = _deployer_stubs()
-    _expect_model_and_config(sm, s3, [])
-    sm.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ep"},
+    _expect_model_and_config(sm, s3)
+    sm.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/ep"},
                     {"EndpointName": "ep", "EndpointConfigName": ANY, "Tags": ANY})
     for _ in range(4):  # at 0, 10, 20 and 30 s
         sm.add_response("describe_endpoint", _endpoint("Creating"), {"EndpointName": "ep"})
@@ -236,8 +241,8 @@ def test_an_endpoint_that_never_comes_up_times_out_and_is_deleted(artifact):
 
 def test_a_failed_endpoint_raises_its_reason_and_is_deleted(artifact):
     deployer, sm, s3 = _deployer_stubs()
-    _expect_model_and_config(sm, s3, [])
-    sm.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ep"},
+    _expect_model_and_config(sm, s3)
+    sm.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/ep"},
                     {"EndpointName": "ep", "EndpointConfigName": ANY, "Tags": ANY})
     sm.add_response("describe_endpoint", _endpoint("Failed", FailureReason="The primary container did not pass the "
                                                    "ping health check"), {"EndpointName": "ep"})
@@ -250,9 +255,10 @@ def test_a_failed_endpoint_raises_its_reason_and_is_deleted(artifact):
 
 def test_update_serves_a_new_config_and_deletes_the_old_one(artifact):
     deployer, sm, s3 = _deployer_stubs()
-    sm.add_response("describe_endpoint", _endpoint("InService", EndpointConfigName="old-config"), {"EndpointName": "ep"})
-    _expect_model_and_config(sm, s3, [])
-    sm.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/ep"},
+    sm.add_response("describe_endpoint", _endpoint("InService", EndpointConfigName="old-config"),
+                    {"EndpointName": "ep"})
+    _expect_model_and_config(sm, s3)
+    sm.add_response("update_endpoint", {"EndpointArn": f"{ARN}:endpoint/ep"},
                     {"EndpointName": "ep", "EndpointConfigName": ANY})
     sm.add_response("describe_endpoint", _endpoint("Updating"), {"EndpointName": "ep"})
     sm.add_response("describe_endpoint", _endpoint("InService"), {"EndpointName": "ep"})
@@ -267,7 +273,7 @@ def test_update_serves_a_new_config_and_deletes_the_old_one(artifact):
 
 def test_an_endpoint_name_in_use_is_refused_and_that_endpoint_is_left_alone(artifact):
     deployer, sm, s3 = _deployer_stubs()
-    _expect_model_and_config(sm, s3, [])
+    _expect_model_and_config(sm, s3)
     sm.add_client_error("create_endpoint", "ValidationException", 'Cannot create already existing endpoint "ep".',
                         400, expected_params={"EndpointName": "ep", "EndpointConfigName": ANY, "Tags": ANY})
     _expect_config_deleted(sm, s3)  # the config and model just created are ours
