@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the SDK shipped in code/
+if not __package__:  # imported as code/inference.py: the SDK's source is shipped beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from finetune_sdk.artifact import MANIFEST  # noqa: E402
 
