@@ -85,14 +85,27 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
             raise UnsupportedFileError(f"{path.name} is not UTF-8 text (byte {exc.start}); re-save it as UTF-8, "
                                        "e.g. iconv -f latin1 -t utf-8") from exc
     try:
-        import datasets
-
-        loaded = datasets.load_dataset(kind, data_files=str(path), split="train")
+        return _parse_file(path, kind)
     except ImportError as exc:
-        raise DataError("reading files needs the 'datasets' package: pip install 'finetune-sdk[train]'") from exc
-    except Exception as exc:  # pyarrow/json errors have many types; all mean "cannot parse"
+        raise DataError(f"reading {kind} files needs pandas: pip install 'finetune-sdk[train]'") from exc
+    except Exception as exc:  # json/pandas/pyarrow errors have many types; all mean "cannot parse"
         raise UnsupportedFileError(f"could not parse {path.name} as {kind}: {exc}") from exc
-    return [dict(r) for r in loaded]
+
+
+def _parse_file(path: Path, kind: str) -> list[dict[str, Any]]:
+    """Rows of a local file, read here rather than through ``datasets`` (which may reach out to the network)."""
+    if kind == "json":
+        text = path.read_text(encoding="utf-8")
+        stripped = text.lstrip()
+        rows = json.loads(text) if stripped.startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()]
+        if not all(isinstance(r, dict) for r in rows):
+            raise ValueError("expected JSON objects, one per row (a JSON array of objects, or JSON Lines)")
+        return rows
+    import pandas
+
+    frame = pandas.read_csv(path) if kind == "csv" else pandas.read_parquet(path)
+    return json.loads(frame.to_json(orient="records", force_ascii=False))  # plain Python values, NaN as None
 
 
 def _load_hub(name: str, split: str) -> list[dict[str, Any]]:
