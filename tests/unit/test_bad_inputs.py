@@ -1,4 +1,14 @@
-"""Each bad input gets a typed error with an actionable message, and leaves nothing on disk."""
+"""Each bad input gets a typed error with an actionable message, and leaves nothing behind.
+
+Every row of docs/reliability.md is one case here. "Nothing behind" means: no artifact and no run
+folder for training inputs, an unchanged artifact folder for artifact inputs, and a complete JSON
+error from a server that keeps answering for server requests.
+"""
+
+import hashlib
+import json
+import shutil
+import warnings
 
 import pytest
 
@@ -7,7 +17,7 @@ from finetune_sdk import (ArtifactError, ConfigError, DataError, EmptyDatasetErr
 from finetune_sdk.artifact import Artifact
 from tests.conftest import COUNSEL
 
-ROWS = [{"questionText": "I can't switch off at night", "topic": "sleep-improvement"}] * 4
+ROWS = [{"questionText": f"I can't switch off at night ({n})", "topic": "sleep-improvement"} for n in range(4)]
 
 
 def _nonutf8(tmp_path):
@@ -25,6 +35,20 @@ def _file(tmp_path, name, text):
 def _plain_dir(tmp_path):
     (tmp_path / "not-a-model").mkdir()
     return {"model": str(tmp_path / "not-a-model")}
+
+
+def _model_dir(tmp_path, config, *files):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    for name in files:
+        (folder / name).write_bytes(b"weights")
+    return {"model": str(folder)}
+
+
+LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+NO_ASSISTANT_TURN = [{"messages": [{"role": "user", "content": f"hello {n}"}]} for n in range(3)]
+TOOL_ROLE = [{"messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]}]
 
 
 # (id, kwargs for FineTuner (or a callable returning them), error type, key phrase, raised at)
@@ -59,6 +83,47 @@ CASES = [
     ("LoRA layer out of range", lambda t: {"lora": {"layers": [28, 30]}}, ConfigError,
      "LoRA layers [30] do not exist; smollm2-135m-instruct has layers 0 to 29", "train"),
     ("qlora without a GPU", lambda t: {"method": "qlora"}, ConfigError, "needs a CUDA GPU", "train"),
+    # data
+    ("dataset path that does not exist", lambda t: {"dataset": str(t / "nowhere.csv")}, DataError,
+     "is not a file, the bundled 'counsel-sample'", "init"),
+    ("dataset is a directory", lambda t: {"dataset": t}, UnsupportedFileError, "is a directory", "init"),
+    ("dataset of an unreadable type", lambda t: {"dataset": 42}, DataError, "cannot read a dataset from int", "init"),
+    ("empty row with strict=True", lambda t: {"dataset": ROWS + [{"questionText": "", "topic": "x"}],
+                                              "strict": True}, DataError, "row 4 has empty or missing", "init"),
+    ("eval split leaves no training rows", lambda t: {"dataset": ROWS[:1], "eval_fraction": 0.9}, EmptyDatasetError,
+     "no rows left for training", "init"),
+    ("labels that would be all masked", lambda t: {"dataset": NO_ASSISTANT_TURN, "template": PromptTemplate.messages()},
+     EmptyDatasetError, "3 have nothing to train", "train"),
+    ("chat role the template does not know", lambda t: {"dataset": TOOL_ROLE, "template": PromptTemplate.messages()},
+     TemplateError, "has role 'tool'; use 'system', 'user' or 'assistant'", "train"),
+    # templates
+    ("chat template without assistant", lambda t: {"template": PromptTemplate.chat(user="{questionText}",
+                                                                                   assistant="")},
+     TemplateError, "needs both user= and assistant=", "build"),
+    ("placeholder with a format spec", lambda t: {"template": PromptTemplate.chat(user="{questionText!r}",
+                                                                                  assistant="{topic}")},
+     TemplateError, "has a conversion or format spec", "build"),
+    ("unbalanced brace", lambda t: {"template": PromptTemplate.chat(user="{questionText", assistant="{topic}")},
+     TemplateError, "is not a valid format string", "build"),
+    # model references
+    ("empty model name", lambda t: {"model": " "}, ModelError, "model must be a non-empty string", "init"),
+    ("pickle-only weights", lambda t: _model_dir(t, LLAMA, "pytorch_model.bin"), ModelError,
+     "has only pickle weights (pytorch_model.bin)", "init"),
+    ("model with its own code", lambda t: _model_dir(t, {**LLAMA, "auto_map": {"AutoModel": "x.Y"}}), ModelError,
+     "pass trust_remote_code=True", "init"),
+    ("unreadable config.json", lambda t: _model_dir(t, "{not json"), ModelError, "config.json is not valid JSON",
+     "init"),
+    # settings
+    ("zero epochs", lambda t: {"training": {"epochs": 0}}, ConfigError, "epochs", "init"),
+    ("unknown method", lambda t: {"method": "dora"}, ConfigError, "method='dora'; use 'lora', 'qlora' or 'full'",
+     "init"),
+    ("LoRA rank 0", lambda t: {"lora": {"r": 0}}, ConfigError, "invalid LoraSettings", "init"),
+    ("dropout of 1", lambda t: {"lora": {"dropout": 1.0}}, ConfigError, "dropout", "init"),
+    ("unknown device", lambda t: {"training": {"device": "tpu"}}, ConfigError, "device", "init"),
+    ("device not on this machine", lambda t: {"training": {"device": "mps"}}, ConfigError,
+     "device='mps' is not available here", "train"),
+    ("max_length below 8", lambda t: {"max_length": 4}, ConfigError, "max_length=4; use a whole number", "init"),
+    ("unknown truncation", lambda t: {"truncation": "middle"}, ConfigError, "truncation='middle'", "init"),
 ]
 
 
@@ -72,6 +137,28 @@ def test_bad_input(tmp_path, smol_dir, name, make, error, phrase, stage):
         assert stage == "train", f"{name} should have failed when the FineTuner was built"
         tuner.train()
     assert not output.exists() and not output.with_name("artifact.work").exists()
+
+
+def test_leaking_and_duplicate_rows_are_warned_and_counted(tmp_path):
+    rows = [{"questionText": f"question {n}", "topic": "stress"} for n in range(10)]
+    with pytest.warns(UserWarning, match="eval rows also appear in the training rows") as caught:
+        tuner = FineTuner("smollm2-135m-instruct", rows * 2, COUNSEL, output_dir=tmp_path / "out", eval_fraction=0.25)
+    report = tuner.clean_report
+    train_questions = [r["questionText"] for r in tuner.train_rows]
+    assert report.duplicates == len(train_questions) - len(set(train_questions)) > 0
+    assert report.eval_in_train == sum(r["questionText"] in train_questions for r in tuner.eval_rows) > 0
+    assert f"{report.duplicates} training rows repeat" in str(caught[0].message)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clean = FineTuner("smollm2-135m-instruct", rows, COUNSEL, output_dir=tmp_path / "out", eval_fraction=0.25)
+    assert clean.clean_report.duplicates == clean.clean_report.eval_in_train == 0
+
+
+def test_unknown_setting_is_warned_not_fatal(tmp_path):
+    with pytest.warns(UserWarning, match=r"ignoring unknown keys \['learning_rat'\]"):
+        FineTuner("smollm2-135m-instruct", ROWS, COUNSEL, output_dir=tmp_path / "out", training={"learning_rat": 1e-3})
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_embedded_package_names_the_install_command(tmp_path, monkeypatch):
