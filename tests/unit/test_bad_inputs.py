@@ -174,15 +174,67 @@ def test_missing_embedded_package_names_the_install_command(tmp_path, monkeypatc
         resolve_model("smollm2-135m-instruct")
 
 
-def test_artifact_errors(tmp_path):
-    with pytest.raises(ArtifactError, match="not a finetune_sdk artifact"):
-        Artifact.load(tmp_path)
-    (tmp_path / "finetune_sdk.json").write_text('{"format_version": 99}')
-    with pytest.raises(ArtifactError, match="newer finetune_sdk"):
-        Artifact.load(tmp_path)
-
-
 def _re(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+# -- artifacts --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_artifact(tiny_model_dir, tmp_path_factory):
+    from finetune_sdk import TrainingSettings
+    from finetune_sdk.backends.local import LocalBackend
+
+    tuner = FineTuner(str(tiny_model_dir), ROWS, COUNSEL, output_dir=tmp_path_factory.mktemp("art") / "a",
+                      eval_fraction=0, backend=LocalBackend(in_process=True),
+                      training=TrainingSettings(max_steps=1, batch_size=4, progress=False))
+    return tuner.train().path
+
+
+def _other_base_model(folder, artifact):
+    """Point the manifest at a base model of another shape: the adapter's weights cannot fit it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    other = folder.parent / "other-base"
+    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(other)
+    manifest = json.loads((folder / "finetune_sdk.json").read_text())
+    manifest["base_model"].update(name=str(other), path=str(other))
+    (folder / "finetune_sdk.json").write_text(json.dumps(manifest))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+ARTIFACT_CASES = [
+    ("artifact from a newer SDK version", lambda f, a: (f / "finetune_sdk.json").write_text(
+        json.dumps({**json.loads((f / "finetune_sdk.json").read_text()), "format_version": 99})),
+     "written by a newer finetune_sdk"),
+    ("manifest that is not JSON", lambda f, a: (f / "finetune_sdk.json").write_text("{half"), "is not valid JSON"),
+    ("folder that is not an artifact", lambda f, a: (f / "finetune_sdk.json").unlink(),
+     "is not a finetune_sdk artifact"),
+    ("adapter for a different base model", _other_base_model, "could not load the adapter"),
+    ("corrupted safetensors", lambda f, a: _truncate(f / "adapter_model.safetensors"), "could not load the adapter"),
+    ("artifact with neither adapter nor merged/", lambda f, a: (f / "adapter_config.json").unlink(),
+     "has neither adapter files nor merged/"),
+]
+
+
+@pytest.mark.parametrize("name,damage,phrase", ARTIFACT_CASES, ids=[c[0] for c in ARTIFACT_CASES])
+def test_bad_artifact(tmp_path, tiny_artifact, name, damage, phrase):
+    from finetune_sdk import Predictor
+
+    folder = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, folder)
+    damage(folder, tiny_artifact)
+    before = _tree_digest(folder)
+    with pytest.raises(ArtifactError, match=_re(phrase)):
+        Predictor.local(folder, device="cpu")
+    assert _tree_digest(folder) == before  # a failed load changes nothing on disk
+
+
+def _tree_digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
