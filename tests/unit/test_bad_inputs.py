@@ -12,9 +12,9 @@ import warnings
 
 import pytest
 
-from finetune_sdk import (ArtifactError, ConfigError, DataError, EmptyDatasetError, FineTuner, MissingColumnError,
-                          MissingDependencyError, ModelError, PromptTemplate, TemplateError, UnsupportedFileError)
-from finetune_sdk.artifact import Artifact
+from finetune_sdk import (ArtifactError, AuthenticationError, BadRequest, ConfigError, DataError, EmptyDatasetError,
+                          FineTuner, MissingColumnError, MissingDependencyError, ModelError, PromptTemplate,
+                          TemplateError, UnsupportedFileError)
 from tests.conftest import COUNSEL
 
 ROWS = [{"questionText": f"I can't switch off at night ({n})", "topic": "sleep-improvement"} for n in range(4)]
@@ -238,3 +238,81 @@ def test_bad_artifact(tmp_path, tiny_artifact, name, damage, phrase):
 def _tree_digest(folder):
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# -- server requests --------------------------------------------------------------------------------------
+KEY = "catalog-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+GOOD = {"inputs": "I can't sleep", "parameters": {"max_new_tokens": 2}}
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_model_dir, smol_tokenizer):
+    """The untrained tiny Llama behind a real uvicorn on 127.0.0.1, with a key, a 2 kB body limit, cap 16
+    and prompts of at most 64 tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune_sdk.serve.app import create_app
+    from finetune_sdk.serve.engine import GenerationEngine
+    from tests.integration.test_server import ThreadedServer
+
+    engine = GenerationEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), smol_tokenizer, COUNSEL,
+                              max_length=64)
+    with ThreadedServer(create_app(engine, api_key=KEY, max_body_bytes=2000, max_new_tokens_cap=16)) as server:
+        yield server.url
+
+
+def _params(**parameters):
+    return {"json": {"inputs": "I can't sleep", "parameters": parameters}}
+
+
+# (id, route, httpx.post keyword arguments, typed error, status, key phrase)
+SERVER_CASES = [
+    ("malformed JSON", "/invocations", {"content": b'{"inputs": ', "headers": {"Content-Type": "application/json"}},
+     BadRequest, 400, "the body is not valid JSON"),
+    ("wrong content type", "/invocations", {"content": b"inputs=hi", "headers": {"Content-Type": "text/plain"}},
+     BadRequest, 415, "content type 'text/plain' is not supported"),
+    ("body that is not an object", "/invocations", {"json": ["hi"]}, BadRequest, 400,
+     "the body must be a JSON object, got list"),
+    ("unknown generation parameter", "/invocations", _params(beam_width=3), BadRequest, 400,
+     "unknown generation parameters ['beam_width']"),
+    ("negative max_new_tokens", "/invocations", _params(max_new_tokens=-1), BadRequest, 400,
+     "max_new_tokens must be >= 1, got -1"),
+    ("max_new_tokens over the cap", "/invocations", _params(max_new_tokens=17), BadRequest, 400,
+     "over this server's cap of 16"),
+    ("temperature too small to sample", "/invocations", _params(do_sample=True, temperature=1e-9), BadRequest, 400,
+     "temperature must be >= 0.01"),
+    ("stop that is not text", "/invocations", _params(stop=[1, 2]), BadRequest, 400,
+     "stop must be a string or a list of strings"),
+    ("body over the size limit", "/invocations", {"json": {"inputs": "x" * 3000}}, BadRequest, 413,
+     "the body is larger than 2000 bytes"),
+    ("no inputs", "/invocations", {"json": {"prompt": "hi"}}, BadRequest, 400, "the body needs 'inputs'"),
+    ("input without the template's column", "/invocations", {"json": {"inputs": {"question": "hi"}}}, BadRequest,
+     400, "row has no value for ['questionText']"),
+    ("prompt longer than the model takes", "/invocations", {"json": {"inputs": "word " * 300}}, BadRequest, 400,
+     "this model takes prompts of at most 64 tokens"),
+    ("wrong API key", "/invocations", {"json": GOOD, "headers": {"Authorization": "Bearer nope"}},
+     AuthenticationError, 401, "missing or wrong API key"),
+    ("unsupported OpenAI parameter", "/v1/chat/completions",
+     {"json": {"messages": [{"role": "user", "content": "hi"}], "tools": []}}, BadRequest, 400,
+     "unsupported parameters ['tools']"),
+    ("stream flag that is not a boolean", "/v1/chat/completions",
+     {"json": {"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}}, BadRequest, 400,
+     "stream must be true or false"),
+]
+
+
+@pytest.mark.parametrize("name,route,sent,error,status,phrase", SERVER_CASES, ids=[c[0] for c in SERVER_CASES])
+def test_bad_request(server_url, name, route, sent, error, status, phrase):
+    import httpx
+
+    from finetune_sdk.predict.retry import status_error
+
+    headers = {**AUTH, **sent.get("headers", {})}
+    response = httpx.post(f"{server_url}{route}", **{**sent, "headers": headers}, timeout=60)
+    assert response.status_code == status
+    assert set(response.json()) == {"error"} and phrase in response.json()["error"]["message"]
+    raised = status_error(response)  # what a Predictor raises for this answer
+    assert type(raised) is error and phrase in str(raised)
+    # nothing left half-done: the same server answers a good request at once
+    assert httpx.post(f"{server_url}/invocations", json=GOOD, headers=AUTH, timeout=60).status_code == 200
