@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import COUNSEL
 from tests.integration.test_server import ThreadedServer
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -33,16 +32,12 @@ RAW_BODIES = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def fuzz_url(tiny_model_dir, smol_tokenizer) -> Iterator[str]:
-    """The random tiny Llama served untrained: fuzzing exercises the server, not what the model says."""
-    from transformers import AutoModelForCausalLM
-
+def fuzz_url(tiny_engine) -> Iterator[str]:
+    """The untrained tiny Llama: fuzzing exercises the server, not what the model says."""
     from finetune_sdk.serve.app import create_app
-    from finetune_sdk.serve.engine import GenerationEngine
 
-    engine = GenerationEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), smol_tokenizer, COUNSEL,
-                              max_length=256)
-    with ThreadedServer(create_app(engine, max_new_tokens_cap=CAP, max_body_bytes=20_000, max_wait_ms=0)) as server:
+    with ThreadedServer(create_app(tiny_engine, max_new_tokens_cap=CAP, max_body_bytes=20_000,
+                                   max_wait_ms=0)) as server:
         yield server.url
 
 

@@ -247,18 +247,12 @@ GOOD = {"inputs": "I can't sleep", "parameters": {"max_new_tokens": 2}}
 
 
 @pytest.fixture(scope="module")
-def server_url(tiny_model_dir, smol_tokenizer):
-    """The untrained tiny Llama behind a real uvicorn on 127.0.0.1, with a key, a 2 kB body limit, cap 16
-    and prompts of at most 64 tokens."""
-    from transformers import AutoModelForCausalLM
-
+def server_url(tiny_engine):
+    """The untrained tiny Llama behind a real uvicorn on 127.0.0.1, with a key, a 2 kB body limit and cap 16."""
     from finetune_sdk.serve.app import create_app
-    from finetune_sdk.serve.engine import GenerationEngine
     from tests.integration.test_server import ThreadedServer
 
-    engine = GenerationEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), smol_tokenizer, COUNSEL,
-                              max_length=64)
-    with ThreadedServer(create_app(engine, api_key=KEY, max_body_bytes=2000, max_new_tokens_cap=16)) as server:
+    with ThreadedServer(create_app(tiny_engine, api_key=KEY, max_body_bytes=2000, max_new_tokens_cap=16)) as server:
         yield server.url
 
 
@@ -290,7 +284,7 @@ SERVER_CASES = [
     ("input without the template's column", "/invocations", {"json": {"inputs": {"question": "hi"}}}, BadRequest,
      400, "row has no value for ['questionText']"),
     ("prompt longer than the model takes", "/invocations", {"json": {"inputs": "word " * 300}}, BadRequest, 400,
-     "this model takes prompts of at most 64 tokens"),
+     "this model takes prompts of at most 128 tokens"),
     ("wrong API key", "/invocations", {"json": GOOD, "headers": {"Authorization": "Bearer nope"}},
      AuthenticationError, 401, "missing or wrong API key"),
     ("unsupported OpenAI parameter", "/v1/chat/completions",
