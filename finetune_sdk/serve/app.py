@@ -34,9 +34,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError
-from .schema import MIN_TEMPERATURE, parameter_problems, request_body, request_schemas
 from .batcher import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, DEFAULT_REQUEST_TIMEOUT_S,
                       DynamicBatcher, QueueFull, RequestTimeout, ShuttingDown)
+from .schema import MIN_TEMPERATURE, parameter_problems, request_body, request_schemas
 
 OPENAI_CHAT_KEYS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
                     "seed", "stream", "stream_options", "n", "user"}
@@ -159,8 +159,8 @@ class _Server:
             chunks.append(chunk)
         try:
             body = json.loads(b"".join(chunks))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the body is not valid JSON ({exc})") from exc
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, an integer too long, nesting too deep
+            raise ApiError(400, f"the body is not valid JSON ({type(exc).__name__}: {exc})"[:500]) from exc
         if not isinstance(body, dict):
             raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}")
         return body

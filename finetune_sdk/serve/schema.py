@@ -35,7 +35,8 @@ class Rule:
                 return "must be a string or a list of strings"
             return None if len(items) <= MAX_STOP_STRINGS else f"takes at most {MAX_STOP_STRINGS} strings"
         number_types = (int,) if self.type == "integer" else (int, float)
-        if isinstance(value, bool) or not isinstance(value, number_types) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, number_types) or (
+                isinstance(value, float) and not math.isfinite(value)):
             return "must be a whole number" if self.type == "integer" else "must be a finite number"
         if self.minimum is not None and value < self.minimum:
             return f"must be >= {self.minimum:g}"
@@ -59,7 +60,7 @@ PARAMETERS: dict[str, Rule] = {
     "do_sample": Rule("boolean", "sample instead of greedy decoding"),
     "temperature": Rule("number", "sampling temperature (with do_sample)", minimum=MIN_TEMPERATURE, maximum=100),
     "top_p": Rule("number", "nucleus sampling mass (with do_sample)", above=0, maximum=1),
-    "top_k": Rule("integer", "sample from the k likeliest tokens (with do_sample)", minimum=1),
+    "top_k": Rule("integer", "sample from the k likeliest tokens (with do_sample)", minimum=1, maximum=1_000_000),
     "repetition_penalty": Rule("number", "penalty for repeated tokens (1 = none)", minimum=0.01, maximum=100),
     "stop": Rule("stop", "strings that end the reply (not included in it)"),
     "seed": Rule("integer", "random seed, for repeatable sampling", minimum=0, maximum=MAX_SEED),
