@@ -17,6 +17,7 @@ from finetune_sdk import (AuthenticationError, BadRequest, ConfigError, FineTune
                           TrainingSettings)
 from tests.conftest import COUNSEL
 
+QUESTION = "I can't sleep."
 SECRETS = {
     "AWS_ACCESS_KEY_ID": "AKIAFAKE7SECRET9KEYID",
     "AWS_SECRET_ACCESS_KEY": "fAkEsEcReT/aCcEsS+kEy0123456789abcdefXYZ",
@@ -76,8 +77,8 @@ def test_no_secret_in_any_output_of_train_serve_predict(secret_env, tiny_model_d
     predictor = tuner.deploy("local", api_key=api_key, device="cpu", startup_timeout=180)
     server = predictor.transport.server
     try:
-        assert predictor.predict(QUESTION := "I can't sleep.", max_new_tokens=4).completion_tokens <= 4
-        assert list(predictor.stream(QUESTION, max_new_tokens=4)) is not None
+        assert predictor.predict(QUESTION, max_new_tokens=4).completion_tokens <= 4
+        messages.append("".join(predictor.stream(QUESTION, max_new_tokens=4)))  # the streamed reply is searched too
         for call in (lambda p: p.predict(QUESTION, beam_width=2),  # 400
                      lambda p: p.predict(QUESTION, max_new_tokens=-1)):
             with pytest.raises(BadRequest) as caught:
