@@ -7,6 +7,7 @@ use dequantizes it once into a safetensors directory under the user cache; later
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -77,6 +78,30 @@ def check_model_name(name: str) -> Literal["embedded", "local", "hub"]:
         return "hub"
     raise ModelError(f"unknown model {name!r}; use an embedded model ({', '.join(EMBEDDED_MODELS)}), a local "
                      "directory with config.json, or a Hugging Face Hub id such as 'Qwen/Qwen2.5-0.5B-Instruct'")
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_local_model(name: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> None:
+    """Refuse, without loading anything, a local model that would run its own code or unpickle weights
+    when the user has not opted in, and one whose config.json is unreadable."""
+    if check_model_name(name) != "local":
+        return
+    path = Path(name).expanduser()
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path / 'config.json'} is not valid JSON ({exc}); re-save the model with "
+                         "save_pretrained()") from exc
+    if isinstance(config, dict) and config.get("auto_map") and not trust_remote_code:
+        raise ModelError(f"{name!r} ships its own Python code (auto_map in config.json), which would run on this "
+                         "machine; read it first, then pass trust_remote_code=True to allow it")
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled and not any(path.glob("*.safetensors")) and not allow_pickle:
+        raise ModelError(f"{name!r} has only pickle weights ({', '.join(pickled)}), and unpickling can run "
+                         "arbitrary code; convert them to safetensors, or pass allow_pickle=True if you trust "
+                         "the source")
 
 
 def resolve_model(name: str, revision: str | None = None) -> ModelRef:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .artifact import Artifact
-from .data import CleanReport, clean_rows, fingerprint, load_rows, split_rows, write_jsonl
+from .data import CleanReport, clean_rows, count_overlap, fingerprint, load_rows, split_rows, write_jsonl
 from .errors import ArtifactError, ConfigError
-from .models import DEFAULT_MODEL, check_model_name
+from .models import DEFAULT_MODEL, check_local_model
 from .registry import BACKENDS, DEPLOYERS, resolve
 from .spec import DataRef, JobSpec, LoraSettings, TrainingSettings, settings, work_dir_for
 from .template import PromptTemplate
@@ -57,7 +57,11 @@ class FineTuner:
             raise ConfigError(f"template must be a PromptTemplate, got {type(template).__name__}")
         if method not in ("lora", "qlora", "full"):
             raise ConfigError(f"method={method!r}; use 'lora', 'qlora' or 'full'")
-        check_model_name(model)
+        check_local_model(model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        if truncation not in ("prompt", "drop"):
+            raise ConfigError(f"truncation={truncation!r}; use 'prompt' (cut the prompt, keep the completion) or 'drop'")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8:
+            raise ConfigError(f"max_length={max_length!r}; use a whole number of tokens, at least 8")
         self.model = model
         self.template = template
         self.output_dir = Path(output_dir)
@@ -75,6 +79,7 @@ class FineTuner:
             raise ConfigError(f"stratify={stratify!r} is not a template column ({template.columns})")
         rows, self.clean_report = clean_rows(load_rows(dataset), template, strict=strict)
         self.train_rows, self.eval_rows = split_rows(rows, eval_fraction, seed, stratify)
+        count_overlap(self.train_rows, self.eval_rows, template, self.clean_report)
         self.job = None
         self._artifact: Artifact | None = None
         self._spec: JobSpec | None = None

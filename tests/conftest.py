@@ -53,3 +53,15 @@ def counsel_rows() -> list[dict]:
     from finetune_sdk.data import sample_dataset_path
 
     return [json.loads(line) for line in sample_dataset_path().read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir, smol_tokenizer):
+    """The untrained tiny Llama ready to serve (prompts of at most 128 tokens): for server tests where what
+    the model says does not matter."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune_sdk.serve.engine import GenerationEngine
+
+    return GenerationEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), smol_tokenizer, COUNSEL,
+                            max_length=128)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -33,6 +34,8 @@ class CleanReport:
     rows_in: int = 0
     dropped_empty: dict[str, int] = field(default_factory=dict)
     rows_out: int = 0
+    duplicates: int = 0  # training rows that repeat an earlier training row (same template columns)
+    eval_in_train: int = 0  # eval rows whose template columns equal a training row's: they inflate eval scores
 
     @property
     def dropped(self) -> int:
@@ -175,6 +178,24 @@ def split_rows(rows: Sequence[dict[str, Any]], eval_fraction: float, seed: int,
     if not train:
         raise EmptyDatasetError("no rows left for training after the eval split; lower eval_fraction")
     return train, evals
+
+
+def count_overlap(train: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[str, Any]], template: PromptTemplate,
+                  report: CleanReport) -> None:
+    """Count duplicate training rows and eval rows leaking from training into ``report``; warn about either."""
+    def key(row: Mapping[str, Any]) -> str:
+        return json.dumps([row.get(c) for c in template.columns], default=str, ensure_ascii=False)
+
+    seen: set[str] = set()
+    for row in train:
+        k = key(row)
+        report.duplicates += k in seen
+        seen.add(k)
+    report.eval_in_train = sum(key(row) in seen for row in evals)
+    if report.duplicates or report.eval_in_train:
+        warnings.warn(f"{report.duplicates} training rows repeat another training row and {report.eval_in_train} "
+                      "eval rows also appear in the training rows (eval loss will look better than it is); "
+                      "deduplicate the dataset, e.g. with pandas drop_duplicates()", stacklevel=3)
 
 
 def fingerprint(rows: Iterable[Mapping[str, Any]]) -> str:

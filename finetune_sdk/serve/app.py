@@ -6,7 +6,11 @@
     POST /v1/completions           OpenAI completions; the prompt fills the template's one prompt column
     GET  /v1/models                the one model this server holds
 
-Every error is ``{"error": {"message", "type"}}`` with a 4xx/5xx status. Generation runs in a worker
+    GET  /openapi.json             the OpenAPI schema of these routes (request bodies included)
+
+Every error is ``{"error": {"message", "type"}}`` with a 4xx/5xx status: a request the server cannot
+use (bad JSON, wrong content type, unknown or out-of-range parameter, a prompt longer than the model
+takes) is refused with a 4xx before it reaches the model. Generation runs in a worker
 thread, so the event loop keeps answering /ping. With ``batching`` (the default) concurrent requests
 are collected by a DynamicBatcher and generated together; a full queue answers 503 with Retry-After
 at once and a request that waits too long answers 504. Without it, requests run one at a time (the
@@ -32,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ConfigError
 from .batcher import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, DEFAULT_REQUEST_TIMEOUT_S,
                       DynamicBatcher, QueueFull, RequestTimeout, ShuttingDown)
+from .schema import MIN_TEMPERATURE, parameter_problems, request_body, request_schemas
 
 OPENAI_CHAT_KEYS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
                     "seed", "stream", "stream_options", "n", "user"}
@@ -66,7 +71,9 @@ def create_app(engine: Any, *, api_key: str | None = None, max_body_bytes: int =
         if batcher is not None:
             await batcher.close()  # finish queued requests before the process exits
 
-    app = FastAPI(title="finetune_sdk server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="finetune_sdk server", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  lifespan=lifespan)
+    bodies = request_schemas(max_new_tokens_cap)
     server = _Server(engine, api_key, max_body_bytes, max_new_tokens_cap, model_name, batcher)
 
     @app.exception_handler(ApiError)
@@ -89,17 +96,17 @@ def create_app(engine: Any, *, api_key: str | None = None, max_body_bytes: int =
     async def health() -> dict[str, str]:
         return {"status": "ok", "model": model_name}
 
-    @app.post("/invocations")
+    @app.post("/invocations", openapi_extra=request_body(bodies["invocations"]))
     async def invocations(request: Request) -> Any:
         body = await server.read_json(request)
         return await server.invocations(body)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(bodies["chat"]))
     async def chat_completions(request: Request) -> Any:
         body = await server.read_json(request)
         return await server.chat_completions(body)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(bodies["completions"]))
     async def completions(request: Request) -> Any:
         body = await server.read_json(request)
         return await server.completions(body)
@@ -152,8 +159,8 @@ class _Server:
             chunks.append(chunk)
         try:
             body = json.loads(b"".join(chunks))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the body is not valid JSON ({exc})") from exc
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, an integer too long, nesting too deep
+            raise ApiError(400, f"the body is not valid JSON ({type(exc).__name__}: {exc})"[:500]) from exc
         if not isinstance(body, dict):
             raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}")
         return body
@@ -163,18 +170,33 @@ class _Server:
                              "per request")
 
     def parameters(self, given: Any) -> dict[str, Any]:
-        """Generation parameters with max_new_tokens checked against the server's cap."""
+        """Generation parameters checked by name, type and range (max_new_tokens against the server's cap)."""
         if given is None:
             given = {}
         if not isinstance(given, Mapping):
             raise ApiError(400, f"'parameters' must be an object, got {type(given).__name__}")
-        params = dict(given)
-        requested = params.get("max_new_tokens")
-        if requested is None:
-            params["max_new_tokens"] = min(self.engine.defaults.get("max_new_tokens", self.cap), self.cap)
-        elif isinstance(requested, int) and not isinstance(requested, bool) and requested > self.cap:
-            raise ApiError(400, f"max_new_tokens={requested} is over this server's cap of {self.cap}; ask for fewer")
+        params = {k: v for k, v in given.items() if v is not None}
+        problems = parameter_problems(params, self.cap)
+        if problems:
+            raise ApiError(400, "; ".join(problems))
+        params.setdefault("max_new_tokens", min(self.engine.defaults.get("max_new_tokens", self.cap), self.cap))
         return params
+
+    async def check_inputs(self, inputs: list[Any]) -> None:
+        """Render every prompt before generation: an input the template cannot use, or one longer than the
+        model takes, is the caller's fault (400) and must not fail the batch it would join."""
+        limit = self.engine.encoder.max_length
+
+        def lengths() -> list[int]:
+            try:
+                return [len(self.engine.prompt_ids(x)) for x in inputs]
+            except (ConfigError, KeyError, TypeError, ValueError) as exc:
+                raise ApiError(400, f"cannot build a prompt from this input: {exc}") from exc
+
+        for i, n in enumerate(await run_in_threadpool(lengths)):
+            if n > limit:
+                raise ApiError(400, f"input {i} is {n} tokens long; this model takes prompts of at most {limit} "
+                                    "tokens; shorten it")
 
     # -- generation ------------------------------------------------------------------------------
     async def generate(self, inputs: list[Any], params: dict[str, Any]) -> list[Any]:
@@ -183,6 +205,7 @@ class _Server:
         The engine's ConfigError/TemplateError are the caller's fault (400); overload is 503 and a
         request that waited too long is 504, both with Retry-After so clients back off.
         """
+        await self.check_inputs(inputs)
         try:
             if self.batcher is not None:
                 return await self.batcher.submit(inputs, params)
@@ -259,14 +282,21 @@ class _Server:
             raise ApiError(400, f"unsupported parameters {sorted(unknown)}; this server understands {sorted(known)}")
         if body.get("n", 1) != 1:
             raise ApiError(400, "n must be 1; send several requests for several replies")
+        if not isinstance(body.get("stream", False), bool):
+            raise ApiError(400, f"stream must be true or false, got {body['stream']!r:.50}")
+        temperature = body.get("temperature", 0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            raise ApiError(400, f"temperature must be a number from 0 to 2, got {temperature!r:.50}")
 
     def _openai_parameters(self, body: dict[str, Any], limit: Any) -> dict[str, Any]:
         """OpenAI sampling fields as engine parameters: temperature > 0 samples, absent or 0 is greedy."""
-        params: dict[str, Any] = {"max_new_tokens": limit, "stop": body.get("stop"), "seed": body.get("seed")}
-        temperature = body.get("temperature")
-        if isinstance(temperature, (int, float)) and temperature > 0:
-            params.update(do_sample=True, temperature=float(temperature), top_p=body.get("top_p"))
-        return self.parameters({k: v for k, v in params.items() if v is not None})
+        params: dict[str, Any] = {"max_new_tokens": limit, "stop": body.get("stop"), "seed": body.get("seed"),
+                                  "top_p": body.get("top_p")}
+        temperature = body.get("temperature") or 0
+        if temperature >= MIN_TEMPERATURE:  # OpenAI's 0 (and anything too small to sample with) is greedy
+            params.update(do_sample=True, temperature=float(temperature))
+        checked = self.parameters(params)  # top_p is checked even when greedy decoding ignores it
+        return checked if checked.get("do_sample") else {k: v for k, v in checked.items() if k != "top_p"}
 
 
 def _error_response(status: int, message: str, type: str, headers: Mapping[str, str] | None = None) -> JSONResponse:

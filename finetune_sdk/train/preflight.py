@@ -36,6 +36,9 @@ def preflight(spec: JobSpec, train_rows: Sequence[dict[str, Any]]) -> EncodeStat
     """Validate a job before anything is written or launched; return the tokenization stats."""
     if spec.method == "qlora" and not torch.cuda.is_available():
         raise ConfigError("method='qlora' needs a CUDA GPU (4-bit weights via bitsandbytes); use method='lora' here")
+    from .program import pick_device
+
+    pick_device(spec.training.device)  # an explicit device that is not here fails now, not in the job
     ref = resolve_model(spec.model, spec.revision)
     tokenizer = load_tokenizer(ref, trust_remote_code=spec.trust_remote_code)
     encoder = Encoder(tokenizer, PromptTemplate.from_dict(spec.template), max_length=spec.max_length,

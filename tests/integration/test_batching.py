@@ -105,16 +105,41 @@ def test_without_batching_requests_run_one_at_a_time(engine, questions, alone):
     assert [len(c) for c in recorder.calls] == [1, 1, 1, 1]
 
 
-def test_a_bad_input_fails_only_its_own_request(engine, questions, alone):
+def test_a_bad_input_is_refused_before_it_joins_a_batch(engine, questions, alone):
     recorder = RecordingEngine(engine)
     good = [{"inputs": q, "parameters": {"max_new_tokens": 8}} for q in questions[:3]]
     bad = {"inputs": {"noSuchColumn": "x"}, "parameters": {"max_new_tokens": 8}}  # the template needs questionText
     with ThreadedServer(create_app(recorder, max_wait_ms=300)) as server:
         responses = post_all(server.url, good + [bad])
-    assert [r.status_code for r in responses[:3]] == [200] * 3
     assert [answer(r) for r in responses[:3]] == [reference(alone[q]) for q in questions[:3]]
-    assert responses[3].status_code in (400, 500) and "error" in responses[3].json()
-    assert any(len(c) > 1 and bad["inputs"] in c for c in recorder.calls), "the bad input was never batched"
+    assert responses[3].status_code == 400 and "questionText" in responses[3].json()["error"]["message"]
+    assert not any(bad["inputs"] in c for c in recorder.calls), "the bad input reached the model"
+
+
+class PoisonEngine(RecordingEngine):
+    """Fault injection: generation fails (as a device error would) for any batch holding ``poison``."""
+
+    def __init__(self, engine: Any, poison: str) -> None:
+        super().__init__(engine)
+        self.poison = poison
+
+    def generate(self, inputs: Sequence[Any], **params: Any) -> list[Any]:
+        self.calls.append(list(inputs))
+        if self.poison in inputs:
+            raise RuntimeError("simulated device error")
+        return self.engine.generate(inputs, **params)
+
+
+def test_a_generation_error_fails_only_its_own_request(engine, questions, alone):
+    poisoned = PoisonEngine(engine, questions[3])
+    with ThreadedServer(create_app(poisoned, max_wait_ms=300)) as server:
+        responses = post_all(server.url, [{"inputs": q, "parameters": {"max_new_tokens": 8}} for q in questions[:4]])
+        after = httpx.post(f"{server.url}/invocations", json={"inputs": questions[0], "parameters": {
+            "max_new_tokens": 8}}, timeout=60)
+    assert [answer(r) for r in responses[:3]] == [reference(alone[q]) for q in questions[:3]]
+    assert responses[3].status_code == 500 and "simulated device error" in responses[3].json()["error"]["message"]
+    assert any(len(c) > 1 and questions[3] in c for c in poisoned.calls), "the poisoned input was never batched"
+    assert answer(after) == reference(alone[questions[0]])  # the server keeps serving
 
 
 def test_overload_answers_503_with_retry_after_never_hangs(engine):

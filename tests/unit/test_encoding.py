@@ -94,7 +94,7 @@ def test_template_without_chat_support_is_refused(smol_tokenizer):
 user_text = st.lists(st.one_of(st.text(max_size=40), st.sampled_from(LOOKALIKES)), max_size=6).map("".join)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(question=user_text, topic=st.text(min_size=1, max_size=20).filter(lambda s: s.strip()))
 def test_property_masking_holds_for_any_user_text(smol_tokenizer, question, topic):
     """Whatever the user types (special-token lookalikes included): the labels are exactly the

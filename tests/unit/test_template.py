@@ -1,4 +1,8 @@
+import string
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from finetune_sdk import PromptTemplate, TemplateError
 from tests.conftest import COUNSEL
@@ -37,3 +41,17 @@ def test_round_trip_and_unknown_fields():
         PromptTemplate.from_dict({**COUNSEL.to_dict(), "sytem": "typo"})
     with pytest.raises(TemplateError, match="needs both"):
         PromptTemplate.chat(user="{q}", assistant="")
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.text(alphabet=st.sampled_from("ab_{}!:.[]0 "), max_size=12), value=st.text(max_size=30))
+def test_property_any_format_string_builds_or_is_a_template_error(user, value):
+    """Whatever the user writes: a template, or a TemplateError, never another exception; and a built
+    template renders row values literally (braces and format specs inside values are never interpreted)."""
+    try:
+        template = PromptTemplate.chat(user=user, assistant="{answer}")
+    except TemplateError:
+        return
+    rendered = template.conversation({column: value for column in template.columns})[0]["content"]
+    assert rendered == "".join(literal + (value if field is not None else "")
+                               for literal, field, _, _ in string.Formatter().parse(user))
