@@ -16,6 +16,7 @@ API. So these tests play the containers' part with the SDK's own code, from what
 from __future__ import annotations
 
 import json
+import logging
 import os
 import runpy
 import socket
@@ -38,6 +39,7 @@ from finetune_sdk.sagemaker.images import CONTAINER_REQUIREMENTS
 from finetune_sdk.sagemaker.settings import instance_types
 from finetune_sdk.sagemaker.tarball import safe_extract
 from tests.conftest import COUNSEL
+from tests.integration.secret_scan import SECRETS, occurrences, scan_bucket, scan_tree
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's account
@@ -61,12 +63,11 @@ def moto_url():
 def aws(moto_url, monkeypatch, tmp_path):
     """Fake credentials, boto3 pointed at moto, a clean moto state, and no DNS lookup beyond loopback."""
     httpx.post(f"{moto_url}/moto-api/reset")
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    for name, value in SECRETS.items():  # fake, but distinctive: the end-to-end test searches its outputs for them
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_REGION", REGION)
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
@@ -222,7 +223,8 @@ def _resources() -> dict[str, list[str]]:
             "models": [m["ModelName"] for m in sm.list_models()["Models"]]}
 
 
-def test_train_deploy_predict_and_teardown(containers, tiny_model_dir, counsel_rows, tmp_path, aws):
+def test_train_deploy_predict_and_teardown(containers, tiny_model_dir, counsel_rows, tmp_path, aws, capfd, caplog):
+    caplog.set_level(logging.DEBUG)
     out = tmp_path / "runs" / "tiny"
     tuner = FineTuner(str(tiny_model_dir), counsel_rows[:48], COUNSEL, output_dir=out, eval_fraction=0.25,
                       backend="sagemaker", training=TrainingSettings(epochs=1, batch_size=8, progress=False))
@@ -300,6 +302,14 @@ def test_train_deploy_predict_and_teardown(containers, tiny_model_dir, counsel_r
     assert answer.prompt_tokens == expected["details"]["prompt_tokens"] > 10
     assert _resources() == {"endpoints": [endpoint], "configs": [variant["ModelName"]],
                             "models": [variant["ModelName"]]}
+
+    # no credential in anything the run produced: files, uploads (inside tarballs too), output, logs
+    out_text, err_text = capfd.readouterr()
+    produced = {"files": scan_tree(tmp_path), "S3 objects": scan_bucket(_client("s3"), bucket),
+                "stdout and stderr, containers included": occurrences((out_text + err_text).encode()),
+                "log records": occurrences("\n".join(r.getMessage() for r in caplog.records  # botocore's own DEBUG
+                                                      if not r.name.startswith(("botocore", "urllib3"))).encode())}
+    assert len(caplog.records) > 0 and err_text and {k: v for k, v in produced.items() if v} == {}
 
     predictor.close()
     assert _resources() == {"endpoints": [], "configs": [], "models": []}

@@ -16,31 +16,9 @@ import pytest
 from finetune_sdk import (AuthenticationError, BadRequest, ConfigError, FineTuneError, FineTuner, Predictor,
                           TrainingSettings)
 from tests.conftest import COUNSEL
+from tests.integration.secret_scan import SECRETS, occurrences, scan_tree
 
 QUESTION = "I can't sleep."
-SECRETS = {
-    "AWS_ACCESS_KEY_ID": "AKIAFAKE7SECRET9KEYID",
-    "AWS_SECRET_ACCESS_KEY": "fAkEsEcReT/aCcEsS+kEy0123456789abcdefXYZ",
-    "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEFAKESESSIONTOKEN0987654321",
-    "HF_TOKEN": "hf_FakeHuggingFaceToken1234567890abcd",
-    "HUGGING_FACE_HUB_TOKEN": "hf_FakeHubToken0987654321zyxwvutsrq",
-    "FINETUNE_SDK_API_KEY": "sk-fake-server-api-key-5f4e3d2c1b",
-}
-
-
-def occurrences(data: bytes) -> dict[str, int]:
-    return {name: data.count(value.encode()) for name, value in SECRETS.items() if value.encode() in data}
-
-
-def scan_tree(folder: Path) -> dict[str, dict[str, int]]:
-    found = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        hits = occurrences(path.read_bytes())
-        if hits:
-            found[str(path)] = hits
-    return found
-
-
 @pytest.fixture
 def secret_env(tmp_path, monkeypatch) -> Path:
     """The secrets in the environment and in ~/.aws/credentials and the Hugging Face token file."""
