@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .eval import extract_label, label_accuracy
+from .evaluate import extract_label, label_accuracy
 from .models import DEFAULT_MODEL
 from .predict import Predictor
 from .spec import LoraSettings, TrainingSettings
