@@ -20,6 +20,7 @@ from .spec import DataRef, JobSpec, LoraSettings, TrainingSettings, settings, wo
 from .template import PromptTemplate
 
 if TYPE_CHECKING:
+    from .estimate import Estimate
     from .evaluate import Comparison, EvalReport
     from .predict import Predictor
     from .preview import Preview
@@ -134,6 +135,22 @@ class FineTuner:
     def deploy(self, deployer: Any = "inprocess", **options: Any) -> "Predictor":
         """Serve the trained artifact and return a Predictor bound to it."""
         return resolve(DEPLOYERS, deployer, "deployer").deploy(self.artifact, **options)
+
+    def estimate(self, where: str | None = None, *, throughput: Any = None, prices: Mapping[str, float] | None = None,
+                 probe_steps: int = 4, serving_instance: str | None = None, requests_per_second: Any = None,
+                 api_price_per_million: tuple[float, float] | None = None) -> "Estimate":
+        """Tokens, steps, wall time and dollars of :meth:`train` before running it (see :mod:`finetune_sdk.estimate`).
+
+        With no ``where`` it times ``probe_steps`` real steps here (about a minute on a CPU) and scales
+        them to the whole run; ``where="ml.g5.xlarge"`` uses measured throughput and the price table.
+        ``serving_instance`` adds the endpoint's cost per 1,000 requests, set against a hosted API's
+        ``api_price_per_million=(input, output)`` USD.
+        """
+        from .estimate import estimate_job
+
+        return estimate_job(self.spec(), self.train_rows, self.eval_rows, where=where, throughput=throughput,
+                            prices=prices, probe_steps=probe_steps, serving_instance=serving_instance,
+                            requests_per_second=requests_per_second, api_price_per_million=api_price_per_million)
 
     def evaluate(self, predictor_or_artifact: Any = None, dataset: Any = None, *, name: str | None = None,
                  metrics: Sequence[str] | None = None, label_column: str | None = "auto", batch_size: int = 8,
