@@ -20,6 +20,7 @@ from .spec import DataRef, JobSpec, LoraSettings, TrainingSettings, settings, wo
 from .template import PromptTemplate
 
 if TYPE_CHECKING:
+    from .backends.base import TrainingJob
     from .estimate import Estimate
     from .evaluate import Comparison, EvalReport
     from .predict import Predictor
@@ -122,6 +123,19 @@ class FineTuner:
         self.job.wait()
         self._artifact = Artifact.load(self.output_dir)
         return self._artifact
+
+    def jobs(self) -> list["TrainingJob"]:
+        """Past and running jobs of this tuner's backend in the folder holding ``output_dir``, newest first."""
+        return self.backend.list_jobs(str(self.output_dir.resolve().parent))
+
+    def attach(self, job_id: str) -> "TrainingJob":
+        """Re-attach to a job by id (from :meth:`jobs`, or a SageMaker job name): ``tuner.job`` and
+        ``tuner.artifact`` then follow it, so ``tuner.job.wait()`` and ``tuner.deploy()`` work as after train()."""
+        self.job = self.backend.retrieve(job_id)
+        if self.job.output_dir:
+            self.output_dir = Path(self.job.output_dir)
+        self._artifact = None
+        return self.job
 
     @property
     def artifact(self) -> Artifact:
