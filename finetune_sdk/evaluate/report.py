@@ -130,6 +130,17 @@ class Comparison:
         return [f"gate {'PASSED' if self.passed else 'FAILED'}", *[f"  {c.describe()}" for c in self.checks]]
 
 
+def report_table(report: EvalReport) -> str:
+    """One report's metrics (and confusion matrix) as terminal text."""
+    rows = [(label, _fmt(fmt, report.metrics[key])) for key, (label, fmt, _) in METRICS.items() if key in report.metrics]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{report.name} on {report.n} rows", *[f"{label.ljust(width)}  {value:>9}" for label, value in rows],
+             *report.notes]
+    if report.confusion is not None:
+        lines += ["", f"confusion matrix, {report.name}", *_confusion_text(report)]
+    return "\n".join(lines) + "\n"
+
+
 def compare(base: EvalReport, tuned: EvalReport, gate: Mapping[str, float] | None = None) -> Comparison:
     """Put two reports side by side; ``gate={"label_accuracy": 0.20}`` requires tuned >= base + 20 points.
 
