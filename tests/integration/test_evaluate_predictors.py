@@ -38,3 +38,18 @@ def test_compare_base_and_tuned_from_the_tuner(tuner, tmp_path):
     assert result.passed and result.base.n == result.tuned.n == 13
     paths = result.save(tmp_path)
     assert paths["png"].stat().st_size > 20_000 and "confusion matrix" in result.table()
+
+
+def test_eval_command_gates_and_writes_the_report(tuner, tmp_path, capsys):
+    from finetune_sdk.cli import main
+
+    artifact = str(tuner.artifact.path)
+    common = ["eval", artifact, "--base", "--max-new-tokens", "3", "--batch-size", "16"]
+    assert main([*common, "--gate", "stop_rate=-1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "base (13)" in out and "tuned (13)" in out and "gate PASSED" in out
+    assert {p.name for p in tmp_path.iterdir()} == {"comparison.md", "comparison.json", "comparison.png"}
+    assert main([*common, "--gate", "label_accuracy=0.5"]) == 1  # a random tiny model cannot gain 50 points
+    assert "gate FAILED" in capsys.readouterr().out
+    assert main(["eval", artifact, "--max-new-tokens", "3", "--label-column", "topic"]) == 0
+    assert "tuned on 13 rows" in capsys.readouterr().out
