@@ -67,7 +67,7 @@ class TrainingEstimate:
     def lines(self) -> list[str]:
         out = [f"training data: {self.examples} examples, {self.real_tokens_per_epoch:,} tokens per epoch "
                f"({self.trained_tokens_per_epoch:,} trained), {self.padded_tokens_per_epoch:,} with padding",
-               f"steps: {self.steps} ({self.epochs:g} epochs)",
+               f"steps: {self.steps} ({self.epochs:.3g} epochs)",
                f"time on {self.where} ({self.method}): {_duration(self.train_seconds)} training + "
                f"{_duration(self.setup_seconds)} setup = {_duration(self.total_seconds)}"]
         if self.dollars is not None:
