@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 #: Scores between 0 and 1 that share one bar chart.
 BAR_METRICS = {"label_accuracy": "label\naccuracy", "exact_match": "exact\nmatch", "rouge_l": "ROUGE-L\nF1",
                "embedding_similarity": "embedding\nsimilarity", "stop_rate": "stop-token\nrate"}
+PERCENT = {"label_accuracy", "exact_match", "stop_rate"}
 
 
 def render_chart(comparison: "Comparison", path: str | Path) -> Path:
@@ -47,7 +48,8 @@ def _bars(ax, comparison: "Comparison") -> None:
     for offset, report, color in ((-width / 2, comparison.base, "#9aa5b1"), (width / 2, comparison.tuned, "#2f6fb0")):
         values = [report.metrics[k] for k in keys]
         bars = ax.bar([i + offset for i in range(len(keys))], values, width, label=report.name, color=color)
-        ax.bar_label(bars, labels=[f"{v:.0%}" for v in values], fontsize=9, padding=2)
+        ax.bar_label(bars, labels=[f"{v:.0%}" if k in PERCENT else f"{v:.2f}" for k, v in zip(keys, values)],
+                     fontsize=9, padding=2)
     ax.set_xticks(range(len(keys)), [BAR_METRICS[k] for k in keys])
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("score (higher is better)")
@@ -72,4 +74,6 @@ def _confusion(fig, ax, report) -> None:
             if value:
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
                         color="white" if value > peak / 2 else "black")
-    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    from matplotlib.ticker import MaxNLocator
+
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, ticks=MaxNLocator(integer=True), label="replies")
