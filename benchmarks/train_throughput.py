@@ -6,8 +6,11 @@ Trainer. finetune_sdk: completion-only labels, length-grouped dynamic padding, l
 trained positions, batch 8. Both use the same model, the same LoRA adapter and the same rows.
 
     python benchmarks/train_throughput.py [--steps 8] [--model smollm2-135m-instruct]
+                                          [--record throughput.json --where ml.g5.xlarge]
 
 Prints real (non-pad) tokens/s, the share of real tokens in each batch, and the speed-up ratio.
+``--record`` adds finetune_sdk's tokens/s to a throughput table, ``{where: {model: tokens/s}}``, that
+``FineTuner.estimate(where, throughput="throughput.json")`` reads.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -90,7 +94,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per recipe (after one warm-up step)")
+    parser.add_argument("--record", help="a JSON throughput table to add this machine's result to")
+    parser.add_argument("--where", help="the table key for this machine, e.g. an instance type (with --record)")
     args = parser.parse_args()
+    if args.record and not args.where:
+        parser.error("--record needs --where, the name this machine gets in the table")
     torch.manual_seed(0)
     ref = resolve_model(args.model)
     tokenizer = load_tokenizer(ref)
@@ -103,6 +111,15 @@ def main() -> None:
               "reference_recipe": reference, "finetune_sdk": ours,
               "speedup_real_tokens_per_s": ours["real_tokens_per_s"] / reference["real_tokens_per_s"]}
     print(json.dumps(report, indent=2))
+    if args.record:
+        record(Path(args.record), args.where, args.model, ours["real_tokens_per_s"])
+
+
+def record(path: Path, where: str, model: str, tokens_per_s: float) -> None:
+    """Merge one measurement into the throughput table at ``path`` (created when missing)."""
+    table = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    table.setdefault(where, {})[model] = round(tokens_per_s, 1)
+    path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,13 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .errors import ArtifactError
 from .template import PromptTemplate
+
+if TYPE_CHECKING:
+    from .merge import MergeCheck
 
 MANIFEST = "finetune_sdk.json"
 FORMAT_VERSION = 1
@@ -72,6 +75,25 @@ class Artifact:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.manifest.get("metrics", {})
+
+    def merge(self, *, prompts: Sequence[Any] | None = None, dtype: str = "float32", tolerance: float = 1e-3,
+              min_agreement: float = 1.0) -> "MergeCheck":
+        """Write ``merged/`` only if the merged model matches base + adapter on held-out prompts.
+
+        Compares logits at every prompt position (largest difference <= ``tolerance``) and greedy
+        replies (agreeing on at least ``min_agreement`` of the prompts); the default prompts are the
+        run's own eval rows. Raises ArtifactError and writes nothing otherwise. Needs the [train] extra.
+        """
+        from .merge import merge
+
+        return merge(self, prompts=prompts, dtype=dtype, tolerance=tolerance, min_agreement=min_agreement)
+
+    def export(self, destination: str | Path, layout: str = "merged", **merge_options: Any) -> Path:
+        """Copy into ``destination`` as ``"merged"`` (verified full model), ``"adapter"``, or ``"lora-serving"``
+        (the adapter plus its base reference and vLLM/TGI launch lines)."""
+        from .merge import export
+
+        return export(self, destination, layout, **merge_options)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"Artifact({str(self.path)!r}, base_model={self.base_model!r})"

@@ -1,4 +1,4 @@
-"""The ``finetune-sdk`` command: demo, train, preview, predict, serve."""
+"""The ``finetune-sdk`` command: demo, train, preview, estimate, eval, predict, serve."""
 
 from __future__ import annotations
 
@@ -22,6 +22,28 @@ def _template_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default="runs/finetune")
+    p.add_argument("--method", default="lora", choices=["lora", "qlora", "full"])
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--merge", action="store_true", help="also write merged/ weights")
+
+
+def _lora(args: argparse.Namespace) -> Any:
+    from .spec import LoraSettings
+
+    return LoraSettings(r=args.lora_r, alpha=2 * args.lora_r)
+
+
+def _training(args: argparse.Namespace) -> Any:
+    from .spec import TrainingSettings
+
+    return TrainingSettings(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, merge=args.merge)
 
 
 def _template(args: argparse.Namespace) -> Any:
@@ -55,13 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train = sub.add_parser("train", help="fine-tune a model and write an artifact directory")
     _template_args(train)
-    train.add_argument("--output", default="runs/finetune")
-    train.add_argument("--method", default="lora", choices=["lora", "qlora", "full"])
-    train.add_argument("--epochs", type=float, default=2.0)
-    train.add_argument("--lr", type=float, default=5e-4)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--lora-r", type=int, default=16)
-    train.add_argument("--merge", action="store_true", help="also write merged/ weights")
+    _training_args(train)
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
 
     preview = sub.add_parser("preview", help="show rendered examples with trained tokens marked, and lint them")
@@ -76,6 +92,29 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--max-new-tokens", type=int, default=None)
     predict.add_argument("--temperature", type=float, default=None)
 
+    estimate = sub.add_parser("estimate", help="tokens, steps, time and cost of a training run, before running it")
+    _template_args(estimate)
+    _training_args(estimate)
+    estimate.add_argument("--where", help="an instance type or throughput-table key (default: time a few steps here)")
+    estimate.add_argument("--throughput", type=float, help="real training tokens/s, instead of the probe or table")
+    estimate.add_argument("--serving-instance", help="endpoint instance type to price serving on, e.g. ml.g5.xlarge")
+    estimate.add_argument("--requests-per-second", type=float, help="what that endpoint sustains (measured)")
+    estimate.add_argument("--api-price", type=float, nargs=2, metavar=("INPUT", "OUTPUT"),
+                          help="a hosted API's USD per million input and output tokens")
+
+    evaluate = sub.add_parser("eval", help="score an artifact (or a server) on held-out rows; --base compares")
+    evaluate.add_argument("artifact", help="the artifact directory (its template; its run's eval rows by default)")
+    evaluate.add_argument("--data", help="rows to evaluate on (csv/json/jsonl/parquet); default: the run's eval split")
+    evaluate.add_argument("--url", help="evaluate the server at this URL instead of loading the artifact here")
+    evaluate.add_argument("--api-key", default=None, help="the server's key (with --url)")
+    evaluate.add_argument("--base", action="store_true", help="also evaluate the base model and compare")
+    evaluate.add_argument("--gate", action="append", default=[], metavar="METRIC=MIN_GAIN",
+                          help="with --base: fail (exit 1) unless tuned - base >= MIN_GAIN, e.g. label_accuracy=0.2")
+    evaluate.add_argument("--label-column", help="column with each row's true label (default: detected)")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--out", help="write comparison.md/.json/.png (or report.json) into this folder")
+
     serve = sub.add_parser("serve", help="serve an artifact over HTTP: /invocations and the OpenAI API")
     serve.add_argument("artifact", help="the artifact directory a training run wrote")
     serve.add_argument("--host", default="127.0.0.1")
@@ -85,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "predict" and (args.artifact is None) == (args.url is None):
         parser.error("predict needs either ARTIFACT (in this process) or --url URL (a server), not both")
+    if args.command == "eval" and args.gate and not args.base:
+        parser.error("--gate compares against the base model; add --base")
     try:
         return _dispatch(args)
     except FineTuneError as exc:
@@ -98,13 +139,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_demo(args.output, **({"epochs": args.epochs} if args.epochs else {}))
     elif args.command == "train":
-        from .spec import LoraSettings, TrainingSettings
-
-        tuner = _tuner(args, output_dir=args.output, method=args.method, lora=LoraSettings(r=args.lora_r, alpha=2 * args.lora_r),
-                       training=TrainingSettings(epochs=args.epochs, learning_rate=args.lr,
-                                                 batch_size=args.batch_size, merge=args.merge))
+        tuner = _tuner(args, output_dir=args.output, method=args.method, lora=_lora(args), training=_training(args))
         artifact = tuner.train(resume=args.resume)
         print(json.dumps({"artifact": str(artifact.path), **artifact.metrics}, indent=2, default=str))
+    elif args.command == "estimate":
+        tuner = _tuner(args, output_dir=args.output, method=args.method, lora=_lora(args), training=_training(args))
+        print(tuner.estimate(args.where, throughput=args.throughput, serving_instance=args.serving_instance,
+                             requests_per_second=args.requests_per_second,
+                             api_price_per_million=tuple(args.api_price) if args.api_price else None))
+    elif args.command == "eval":
+        from .evaluate.cli import run_eval
+
+        return run_eval(args)
     elif args.command == "preview":
         _tuner(args).preview(args.n)
     elif args.command == "predict":

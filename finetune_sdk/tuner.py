@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from .artifact import Artifact
 from .data import CleanReport, clean_rows, count_overlap, fingerprint, load_rows, split_rows, write_jsonl
@@ -20,6 +20,9 @@ from .spec import DataRef, JobSpec, LoraSettings, TrainingSettings, settings, wo
 from .template import PromptTemplate
 
 if TYPE_CHECKING:
+    from .backends.base import TrainingJob
+    from .estimate import Estimate
+    from .evaluate import Comparison, EvalReport
     from .predict import Predictor
     from .preview import Preview
 
@@ -126,6 +129,19 @@ class FineTuner:
         self._artifact = Artifact.load(self.output_dir)
         return self._artifact
 
+    def jobs(self) -> list["TrainingJob"]:
+        """Past and running jobs of this tuner's backend in the folder holding ``output_dir``, newest first."""
+        return self.backend.list_jobs(str(self.output_dir.resolve().parent))
+
+    def attach(self, job_id: str) -> "TrainingJob":
+        """Re-attach to a job by id (from :meth:`jobs`, or a SageMaker job name): ``tuner.job`` and
+        ``tuner.artifact`` then follow it, so ``tuner.job.wait()`` and ``tuner.deploy()`` work as after train()."""
+        self.job = self.backend.retrieve(job_id)
+        if self.job.output_dir:
+            self.output_dir = Path(self.job.output_dir)
+        self._artifact = None
+        return self.job
+
     @property
     def artifact(self) -> Artifact:
         if self._artifact is None:
@@ -138,3 +154,70 @@ class FineTuner:
     def deploy(self, deployer: Any = "inprocess", **options: Any) -> "Predictor":
         """Serve the trained artifact and return a Predictor bound to it."""
         return resolve(DEPLOYERS, deployer, "deployer").deploy(self.artifact, **options)
+
+    def estimate(self, where: str | None = None, *, throughput: Any = None, prices: Mapping[str, float] | None = None,
+                 probe_steps: int = 4, serving_instance: str | None = None, requests_per_second: Any = None,
+                 api_price_per_million: tuple[float, float] | None = None) -> "Estimate":
+        """Tokens, steps, wall time and dollars of :meth:`train` before running it (see :mod:`finetune_sdk.estimate`).
+
+        With no ``where`` it times ``probe_steps`` real steps here (about a minute on a CPU) and scales
+        them to the whole run; ``where="ml.g5.xlarge"`` uses measured throughput and the price table.
+        ``serving_instance`` adds the endpoint's cost per 1,000 requests, set against a hosted API's
+        ``api_price_per_million=(input, output)`` USD.
+        """
+        from .estimate import estimate_job
+
+        return estimate_job(self.spec(), self.train_rows, self.eval_rows, where=where, throughput=throughput,
+                            prices=prices, probe_steps=probe_steps, serving_instance=serving_instance,
+                            requests_per_second=requests_per_second, api_price_per_million=api_price_per_million)
+
+    def evaluate(self, predictor_or_artifact: Any = None, dataset: Any = None, *, name: str | None = None,
+                 metrics: Sequence[str] | None = None, label_column: str | None = "auto", batch_size: int = 8,
+                 max_new_tokens: int = 64, **options: Any) -> "EvalReport":
+        """Score a model on the held-out split (or ``dataset``) with this tuner's template.
+
+        ``predictor_or_artifact`` is any Predictor (in-process, HTTP server, SageMaker), an Artifact or
+        its directory (loaded here, closed after), ``"base"`` for the untuned base model, or None for
+        this tuner's trained artifact. ``label_column="auto"`` scores labels when the completion's one
+        column holds few, repeated values (like ``{topic}``); None turns label scoring off.
+        """
+        from .evaluate import auto_label_column, evaluate
+
+        rows = self._eval_rows(dataset)
+        if label_column == "auto":
+            label_column = auto_label_column(self.template, self.train_rows + rows)
+        labels = sorted({str(r[label_column]) for r in self.train_rows if label_column in r}) if label_column else None
+        predictor, owned, default_name = self._predictor_for(predictor_or_artifact)
+        try:
+            return evaluate(predictor, rows, self.template, name=name or default_name, metrics=metrics,
+                            label_column=label_column, labels=labels, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens, **options)
+        finally:
+            if owned:
+                predictor.close()
+
+    def compare(self, base: Any = "base", tuned: Any = None, dataset: Any = None, *,
+                gate: Mapping[str, float] | None = None, **options: Any) -> "Comparison":
+        """Evaluate ``base`` and ``tuned`` (see :meth:`evaluate`) on the same rows and put them side by side."""
+        from .evaluate import compare
+
+        return compare(self.evaluate(base, dataset, **options), self.evaluate(tuned, dataset, **options), gate=gate)
+
+    def _eval_rows(self, dataset: Any) -> list[dict[str, Any]]:
+        if dataset is None:
+            if not self.eval_rows:
+                raise ConfigError("this tuner has no held-out rows (eval_fraction=0); pass dataset= to evaluate on")
+            return self.eval_rows
+        rows, _ = clean_rows(load_rows(dataset), self.template)
+        return rows
+
+    def _predictor_for(self, source: Any) -> tuple[Any, bool, str]:
+        """(predictor, whether this call owns and must close it, a default report name)."""
+        from .predict import Predictor
+
+        if isinstance(source, str) and source == "base":
+            return Predictor.base_model(self.model, self.template), True, "base"
+        if hasattr(source, "predict_batch"):
+            return source, False, "model"
+        artifact = self.artifact if source is None else source
+        return Predictor.local(artifact), True, "tuned"

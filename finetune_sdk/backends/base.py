@@ -18,7 +18,7 @@ class TrainingJob:
     """A training run on some backend; refresh with :meth:`refresh`, block with :meth:`wait`."""
 
     id: str
-    backend: "TrainingBackend"
+    backend: "TrainingBackend"  # created_at/started_at/finished_at are ISO 8601 UTC strings
     status: JobStatus = "queued"
     output_dir: str = ""
     created_at: str | None = None
@@ -66,3 +66,8 @@ class TrainingBackend(Protocol):
     def list_events(self, job_id: str) -> list[dict[str, Any]]: ...
 
     def cancel(self, job_id: str) -> None: ...
+
+    def list_jobs(self, scope: str | None = None) -> list[TrainingJob]:
+        """Jobs this backend can find, newest first. ``scope`` is where a FineTuner keeps its runs (local: the
+        folder holding its output_dir); a remote backend may read it as a name prefix or ignore it."""
+        ...

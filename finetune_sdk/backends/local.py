@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ class LocalBackend:
         spec_path = folder / "spec.json"
         spec.save(spec_path)
         job_id = str(folder.resolve())
-        (folder / "status.json").write_text(json.dumps({"status": "queued"}), encoding="utf-8")
+        (folder / "status.json").write_text(json.dumps({"status": "queued", "created_at": _now()}), encoding="utf-8")
         if self.in_process:
             from ..train.program import run
 
@@ -40,6 +41,7 @@ class LocalBackend:
         else:
             cmd = [sys.executable, "-m", "finetune_sdk.train", "--spec", str(spec_path)] + (["--resume"] if resume else [])
             self._processes[job_id] = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            (folder / "pid").write_text(str(self._processes[job_id].pid), encoding="utf-8")
         return self.retrieve(job_id)
 
     def retrieve(self, job_id: str) -> TrainingJob:
@@ -56,10 +58,13 @@ class LocalBackend:
             elif status not in TERMINAL:
                 status = "cancelled" if process.returncode < 0 else "failed"
                 data.setdefault("error", f"training process exited with code {process.returncode}")
+        elif process is None and status not in TERMINAL and not _alive(_pid(folder)):
+            status = "failed"  # a run started elsewhere whose training process is gone without a status
+            data.setdefault("error", f"training process {_pid(folder)} ended without recording a result")
         spec = JobSpec.load(folder / "spec.json")
         metrics = _saved_metrics(Path(spec.output_dir)) if status == "completed" else {}
         return TrainingJob(id=job_id, backend=self, status=status, output_dir=spec.output_dir,
-                           started_at=data.get("started_at"), finished_at=data.get("finished_at"),
+                           created_at=data.get("created_at"), started_at=data.get("started_at"), finished_at=data.get("finished_at"),
                            error=data.get("error"), metrics=metrics)
 
     def list_events(self, job_id: str) -> list[dict[str, Any]]:
@@ -73,6 +78,40 @@ class LocalBackend:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             process.wait()
+        elif process is None and not self.retrieve(job_id).done:  # a job attached to, started elsewhere
+            pid = _pid(Path(job_id))
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+
+    def list_jobs(self, scope: str | None = None) -> list[TrainingJob]:
+        """The runs recorded in ``scope`` (a folder; the current directory by default): every ``*.work`` folder
+        with a status and a spec, newest first."""
+        root = Path(scope or ".")
+        folders = [p.parent for p in root.glob("*.work/status.json") if (p.parent / "spec.json").is_file()]
+        jobs = [self.retrieve(str(f.resolve())) for f in folders]
+        return sorted(jobs, key=lambda j: j.created_at or j.started_at or "", reverse=True)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _pid(folder: Path) -> int | None:
+    """The training child's process id, recorded when it was started (None for in-process runs)."""
+    path = folder / "pid"
+    return int(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True  # nothing to check against: trust status.json
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _saved_metrics(artifact: Path) -> dict[str, Any]:

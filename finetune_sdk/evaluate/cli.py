@@ -1,0 +1,52 @@
+"""``finetune-sdk eval``: score an artifact, or the server serving it, and optionally gate it against its base."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..artifact import Artifact
+from ..data import clean_rows, load_rows, read_jsonl
+from ..errors import ConfigError
+from ..spec import work_dir_for
+from .report import compare, parse_gate, report_table
+from .run import auto_label_column, evaluate
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Print the report (and write it with --out); exit code 1 when a --gate fails."""
+    from ..predict import Predictor
+
+    artifact = Artifact.load(args.artifact)
+    template = artifact.template
+    data = work_dir_for(artifact.path) / "data"
+    if args.data:
+        rows = load_rows(args.data)
+    elif (data / "eval.jsonl").is_file():
+        rows = read_jsonl(data / "eval.jsonl")
+    else:
+        raise ConfigError(f"{artifact.path} has no recorded eval split ({data / 'eval.jsonl'}); pass --data FILE")
+    rows, _ = clean_rows(rows, template)
+    known = rows + (read_jsonl(data / "train.jsonl") if (data / "train.jsonl").is_file() else [])
+    label_column = args.label_column or auto_label_column(template, known)
+    labels = sorted({str(r[label_column]) for r in known if label_column in r}) if label_column else None
+    options = {"label_column": label_column, "labels": labels, "batch_size": args.batch_size,
+               "max_new_tokens": args.max_new_tokens}
+    tuned_predictor = Predictor.from_url(args.url, api_key=args.api_key) if args.url else Predictor.local(artifact)
+    with tuned_predictor:
+        tuned = evaluate(tuned_predictor, rows, template, name="tuned", **options)
+    if not args.base:
+        print(report_table(tuned), end="")
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "report.json").write_text(json.dumps(tuned.to_dict(), indent=2, default=str) + "\n")
+        return 0
+    with Predictor.base_model(artifact.base_model, template) as base_predictor:
+        base = evaluate(base_predictor, rows, template, name="base", **options)
+    comparison = compare(base, tuned, gate=parse_gate(args.gate))
+    print(comparison.table(), end="")
+    if args.out:
+        paths = comparison.save(args.out)
+        print(f"wrote {paths['markdown']}, {paths['json']}, {paths['png']}")
+    return 0 if comparison.passed else 1
