@@ -303,6 +303,13 @@ def test_train_deploy_predict_and_teardown(containers, tiny_model_dir, counsel_r
     assert _resources() == {"endpoints": [endpoint], "configs": [variant["ModelName"]],
                             "models": [variant["ModelName"]]}
 
+    # evaluate() runs unchanged over the endpoint, and scores as the same artifact does in this process
+    on_endpoint = tuner.evaluate(predictor, max_new_tokens=4, batch_size=len(tuner.eval_rows), name="endpoint")
+    in_process = tuner.evaluate(artifact, max_new_tokens=4, batch_size=len(tuner.eval_rows))
+    assert len(container.replies) == 2 and on_endpoint.n == in_process.n == 12
+    assert [r.prediction for r in on_endpoint.records] == [r.prediction for r in in_process.records]
+    assert on_endpoint.metrics["stop_rate"] == in_process.metrics["stop_rate"] is not None
+
     # no credential in anything the run produced: files, uploads (inside tarballs too), output, logs
     out_text, err_text = capfd.readouterr()
     produced = {"files": scan_tree(tmp_path), "S3 objects": scan_bucket(_client("s3"), bucket),
