@@ -39,6 +39,12 @@ class PhaseResult:
     seconds: float
     latencies: list[float]  # of the 200 answers
     peak_rss_mb: float
+    cpu_seconds: float  # the server's user + system CPU time during the phase
+
+    @property
+    def cpu_per_answer(self) -> float:
+        """Server CPU seconds per 200 answer: less sensitive than wall time to other load on the machine."""
+        return self.cpu_seconds / self.statuses[200] if self.statuses.get(200) else float("nan")
 
     @property
     def server_errors(self) -> int:
@@ -133,6 +139,15 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def held_out_questions() -> list[str]:
     _, held_out = split_rows(load_rows("counsel-sample"), 0.2, 0, "topic")
     return [row["questionText"] for row in held_out]
@@ -164,21 +179,21 @@ def run_phase(name: str, artifact: str, flags: Sequence[str], questions: list[st
     with ServerProcess(artifact, flags, startup_timeout) as server, RssSampler(server.process.pid) as rss:
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         with httpx.Client(limits=limits) as client, ThreadPoolExecutor(clients) as pool:
-            started = time.monotonic()
+            started, cpu_started = time.monotonic(), _cpu_seconds(server.process.pid)
             list(pool.map(lambda i: one(i, client), range(requests)))
-            seconds = time.monotonic() - started
+            seconds, cpu = time.monotonic() - started, _cpu_seconds(server.process.pid) - cpu_started
         alive = httpx.get(f"{server.url}/ping", timeout=10).status_code == 200
         if not alive:
             print(f"warning: {name}: the server stopped answering /ping", file=sys.stderr)
-    return PhaseResult(name, requests, statuses, seconds, latencies, rss.peak_bytes / 2**20)
+    return PhaseResult(name, requests, statuses, seconds, latencies, rss.peak_bytes / 2**20, cpu)
 
 
 def print_table(results: list[PhaseResult]) -> None:
     print(f"{'phase':<22}{'requests':>9}{'200':>6}{'5xx':>6}{'req/s':>8}{'p50 s':>8}{'p99 s':>8}"
-          f"{'peak RSS MB':>13}  statuses")
+          f"{'CPU s/req':>10}{'peak RSS MB':>13}  statuses")
     for r in results:
         print(f"{r.name:<22}{r.requests:>9}{r.statuses.get(200, 0):>6}{r.server_errors:>6}{r.throughput:>8.2f}"
-              f"{r.percentile(0.5):>8.2f}{r.percentile(0.99):>8.2f}{r.peak_rss_mb:>13.0f}  "
+              f"{r.percentile(0.5):>8.2f}{r.percentile(0.99):>8.2f}{r.cpu_per_answer:>10.2f}{r.peak_rss_mb:>13.0f}  "
               f"{dict(sorted(r.statuses.items()))}")
 
 
@@ -215,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   str(args.max_batch_size)], requests=args.overload_requests, **overload))
     print_table(results)
     if single.throughput:
-        print(f"batching speed-up: {batched.throughput / single.throughput:.2f}x throughput")
+        print(f"batching speed-up: {batched.throughput / single.throughput:.2f}x throughput, "
+              f"{single.cpu_per_answer / batched.cpu_per_answer:.2f}x less server CPU per answer")
     return 0
 
 

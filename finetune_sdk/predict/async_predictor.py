@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, AsyncIterator, Mapping, Protocol, Sequence
 
 from .base import Prediction, PredictorBase, chat_body, delta_text
@@ -20,6 +21,14 @@ class AsyncPredictor(PredictorBase):
 
     def __init__(self, transport: AsyncTransport) -> None:
         self.transport = transport
+
+    @classmethod
+    def local(cls, artifact: str | Path | Any, *, device: str = "auto") -> "AsyncPredictor":
+        """Load an artifact into this process (needs the [train] extra); each call generates in a thread."""
+        from .inprocess import AsyncInProcessTransport, InProcessTransport
+
+        path = getattr(artifact, "path", artifact)
+        return cls(AsyncInProcessTransport(InProcessTransport.from_artifact(path, device=device)))
 
     @classmethod
     def from_url(cls, url: str, api_key: str | None = None, *, timeout: float = 60.0,

@@ -1,6 +1,8 @@
-"""A transport that answers requests with a model loaded in this process."""
+"""Transports that answer requests with a model loaded in this process (sync, and async via a thread)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from pathlib import Path
 from typing import Any
@@ -42,3 +44,17 @@ class InProcessTransport:
 
     def close(self) -> None:
         self.engine = None
+
+
+class AsyncInProcessTransport:
+    """The async twin of :class:`InProcessTransport`: generation runs in a worker thread, so the event loop
+    stays free; concurrent sends take turns on the one model."""
+
+    def __init__(self, transport: InProcessTransport) -> None:
+        self.transport = transport
+
+    async def send(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.transport.send, request)
+
+    async def aclose(self) -> None:
+        self.transport.close()

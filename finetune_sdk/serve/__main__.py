@@ -1,5 +1,10 @@
 """``python -m finetune_sdk.serve ARTIFACT_DIR``: serve an artifact over HTTP (local deployer, containers).
 
+In a SageMaker container (``--sagemaker`` or ``FINETUNE_SDK_SAGEMAKER=1``) it follows the container
+contract instead: SageMaker runs the image with the argument ``serve``, the model is in /opt/ml/model,
+and the server listens on 0.0.0.0:8080 without an API key, because only SageMaker's endpoint, which
+authenticates every caller, can reach that port.
+
 Exit codes: 0 after a clean shutdown, 2 for a refused configuration (e.g. a public bind with no API
 key), 1 when the artifact cannot be loaded.
 """
@@ -17,14 +22,27 @@ from ..errors import ConfigError, FineTuneError, MissingDependencyError
 from .batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, DEFAULT_REQUEST_TIMEOUT_S
 
 API_KEY_ENV = "FINETUNE_SDK_API_KEY"
+SAGEMAKER_ENV = "FINETUNE_SDK_SAGEMAKER"
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"  # where SageMaker puts model.tar.gz's contents; SM_MODEL_DIR overrides
+SAGEMAKER_COMMAND = "serve"  # the argument SageMaker runs an inference image with
 
 
-def check_bind(host: str, api_key: str | None) -> None:
-    """Refuse to expose an unauthenticated model beyond this machine."""
-    if api_key or _is_loopback(host):
+def check_bind(host: str, api_key: str | None, sagemaker: bool = False) -> None:
+    """Refuse to expose an unauthenticated model beyond this machine, except inside a SageMaker container."""
+    if api_key or sagemaker or _is_loopback(host):
         return
     raise ConfigError(f"refusing to listen on {host!r} without an API key: anyone who can reach this machine "
-                      f"could use the model; pass --api-key KEY (or set {API_KEY_ENV}), or bind to 127.0.0.1")
+                      f"could use the model; pass --api-key KEY (or set {API_KEY_ENV}), or bind to 127.0.0.1 "
+                      f"(inside a SageMaker container, pass --sagemaker or set {SAGEMAKER_ENV}=1)")
+
+
+def container_defaults(args: argparse.Namespace) -> None:
+    """Fill in the SageMaker container contract: the model directory, 0.0.0.0 and port 8080 (or
+    SAGEMAKER_BIND_TO_PORT), unless given explicitly."""
+    if args.artifact in (None, SAGEMAKER_COMMAND):
+        args.artifact = os.environ.get("SM_MODEL_DIR", SAGEMAKER_MODEL_DIR)
+    args.host = args.host or "0.0.0.0"
+    args.port = args.port or int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
 
 
 def _is_loopback(host: str) -> bool:
@@ -40,9 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune_sdk.serve",
                                      description="Serve a finetune_sdk artifact: SageMaker /invocations and "
                                                  "the OpenAI API.")
-    parser.add_argument("artifact", help="the artifact directory a training run wrote")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("artifact", nargs="?", help="the artifact directory a training run wrote (with "
+                        f"--sagemaker: omitted or '{SAGEMAKER_COMMAND}' means {SAGEMAKER_MODEL_DIR})")
+    parser.add_argument("--host", default=None, help="127.0.0.1 by default; 0.0.0.0 with --sagemaker")
+    parser.add_argument("--port", type=int, default=None, help="8080 by default")
+    parser.add_argument("--sagemaker", action="store_true", default=os.environ.get(SAGEMAKER_ENV) == "1",
+                        help=f"run as a SageMaker inference container (or set {SAGEMAKER_ENV}=1): model from "
+                             f"{SAGEMAKER_MODEL_DIR}, listen on 0.0.0.0:8080, no API key needed")
     parser.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set {API_KEY_ENV})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--max-new-tokens-cap", type=int, default=1024)
@@ -58,9 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
                         help="seconds a batched request may wait and generate before it is answered 504")
     args = parser.parse_args(argv)
+    if args.sagemaker:
+        container_defaults(args)
+    elif args.artifact is None:
+        parser.error("give the ARTIFACT directory to serve (or --sagemaker inside a SageMaker container)")
+    host, port = args.host or "127.0.0.1", args.port or 8080
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
-        check_bind(args.host, api_key)
+        check_bind(host, api_key, args.sagemaker)
         try:
             import uvicorn
 
@@ -82,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FineTuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    if args.sagemaker and not api_key:
+        print(f"SageMaker container mode: serving {args.artifact} on {host}:{port} without an API key; "
+              "SageMaker's endpoint authenticates callers", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=args.log_level)
     return 0
 
 

@@ -1,11 +1,15 @@
-"""Dynamic batching: requests from many clients that arrive close together share one engine.generate call.
+"""Dynamic batching: requests from many clients share the engine's decode steps.
 
-One generate call for 16 short prompts costs little more than for one on a CPU or GPU, so a server
-that batches answers many concurrent clients at several times the throughput of one-at-a-time.
+A decode step for 16 rows costs little more than for one, so a server that batches answers many
+concurrent clients at several times the throughput of one-at-a-time. Greedy requests join one
+continuous batch (``DecodeBatch``): each input is prefilled alone and becomes a row, every step decodes
+a token for all rows, and a finished row leaves at once so a waiting input takes its place.
 
-    submit(inputs, params) ──> bounded queue ──> worker: wait up to max_wait_ms (or max_batch_size inputs)
-                                                   ├─ group requests by identical generation parameters
-                                                   └─ one engine.generate per group, in one worker thread
+    submit(inputs, params) ──> bounded queue ──> worker (one thread for the model):
+                                                   ├─ greedy inputs: rows of the continuous batch, up to
+                                                   │   max_batch_size at a time; step until each finishes
+                                                   └─ sampling requests: grouped by identical parameters,
+                                                       one engine.generate per group between steps
 
 Errors, all ``BatcherError``:
 
@@ -14,8 +18,9 @@ Errors, all ``BatcherError``:
     ├── ShuttingDown     the batcher is closing and takes no new work
     └── RequestTimeout   the request waited longer than request_timeout_s
 
-An exception from the engine fails the requests of its group; when the group held several requests
-each is retried alone, so only the request with the bad input fails.
+An exception from the engine fails only the requests it concerns: a prompt that cannot be encoded or
+prefilled fails its own request, a failed generate call is retried request by request, and a failed
+decode step fails the rows then in the batch.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import asyncio
 import json
 import math
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -57,11 +63,14 @@ class RequestTimeout(BatcherError):
     """The request was not answered within request_timeout_s (queue wait plus generation)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     inputs: list[Any]
     params: dict[str, Any]
     future: asyncio.Future = field(repr=False)
+    settings: Any = field(default=None, repr=False)  # the engine's checked Settings, once prepared
+    results: list[Any] = field(default_factory=list, repr=False)
+    unfinished: int = 0  # inputs still generating in the continuous batch
 
     @property
     def group_key(self) -> str:
@@ -93,7 +102,8 @@ class DynamicBatcher:
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._closing = False
-        self._seconds_per_batch = 1.0  # running estimate, for Retry-After
+        self._seconds_per_input = 0.5  # running estimate, for Retry-After
+        self._unanswered_seconds = 0.0
 
     @property
     def queued(self) -> int:
@@ -148,19 +158,97 @@ class DynamicBatcher:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="dynamic-batcher")
 
     async def _run(self) -> None:
+        """Admit queued work between decode steps; wait (max_wait_ms) only when nothing is generating."""
         assert self._queue is not None
+        batch = self.engine.decode_batch()
+        waiting: deque[tuple[_Request, int, list[int]]] = deque()  # greedy inputs without a row yet
         while True:
-            batch = await self._collect()
+            idle = not batch and not waiting
+            incoming = await self._collect() if idle else self._drain()
+            others: dict[str, list[_Request]] = {}
+            for request in incoming:
+                prepared = await self._prepare(request)
+                if prepared is None:
+                    continue
+                if not prepared:
+                    self._finish(request, [])
+                elif request.settings.continuous:
+                    request.results, request.unfinished = [None] * len(prepared), len(prepared)
+                    waiting.extend((request, i, p) for i, p in enumerate(prepared))
+                else:
+                    others.setdefault(request.group_key, []).append(request)
+            for group in others.values():
+                await self._run_group(group)
+            admit = []
+            while waiting and len(batch) + len(admit) < self.max_batch_size:
+                request, i, prompt = waiting.popleft()
+                if request.future.done():
+                    self._abandon(request)  # its client left, or another of its inputs failed
+                else:
+                    admit.append((request, i, prompt))
+            if admit or batch:
+                await self._advance(batch, admit)
+
+    async def _prepare(self, request: _Request) -> list[list[int]] | None:
+        """The request's prompt ids, with its settings checked; None (and the request answered) when it
+        cannot run."""
+        if request.future.done():  # its client timed out or left while it was queued
+            self._finish(request)
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            request.settings = self.engine.settings(request.params)
+            prompts = await loop.run_in_executor(self._executor, lambda: [self.engine.prompt_ids(x)
+                                                                          for x in request.inputs])
+        except Exception as exc:
+            self._finish(request, exc=exc)
+            return None
+        return prompts
+
+    async def _advance(self, batch: Any, admit: list[tuple[_Request, int, list[int]]]) -> None:
+        """In the model thread: drop rows whose client left, prefill the admitted inputs, decode one step."""
+        gone = {row.tag for row in batch.rows if row.tag[0].future.done()}
+
+        def work() -> list[tuple[Any, Any]]:
+            batch.drop(gone)
+            finished: list[tuple[Any, Any]] = []
+            for request, i, prompt in admit:
+                try:
+                    finished += batch.add((request, i), prompt, request.settings.max_new_tokens,
+                                          request.settings.stop)
+                except Exception as exc:  # this prompt alone fails (e.g. longer than the model allows)
+                    finished.append(((request, i), exc))
             try:
-                groups: dict[str, list[_Request]] = {}
-                for request in batch:
-                    if not request.future.done():  # skip requests whose client already timed out
-                        groups.setdefault(request.group_key, []).append(request)
-                for group in groups.values():
-                    await self._run_group(group)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+                return finished + batch.step()
+            except Exception as exc:  # the whole step failed: every row in it fails, and the batch starts empty
+                failed = [(row.tag, exc) for row in batch.rows]
+                batch.drop({row.tag for row in batch.rows})
+                return finished + failed
+
+        started = time.monotonic()
+        finished = await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        self._observe(time.monotonic() - started, len(finished))
+        for request, _ in gone:
+            self._abandon(request)
+        for (request, i), outcome in finished:
+            if request.unfinished == 0:
+                continue  # already failed through another of its inputs
+            if isinstance(outcome, BaseException):
+                request.unfinished = 0
+                self._finish(request, exc=outcome)
+                continue
+            request.results[i] = outcome
+            request.unfinished -= 1
+            if request.unfinished == 0:
+                self._finish(request, request.results)
+
+    def _drain(self) -> list[_Request]:
+        """Everything queued right now, without waiting."""
+        assert self._queue is not None
+        taken = []
+        while not self._queue.empty():
+            taken.append(self._queue.get_nowait())
+        return taken
 
     async def _collect(self) -> list[_Request]:
         """The first queued request plus whatever else arrives within max_wait_s, up to max_batch_size inputs."""
@@ -185,39 +273,51 @@ class DynamicBatcher:
 
     async def _run_group(self, group: list[_Request]) -> None:
         """One generate call for the group; on failure, each request alone so only the bad one fails."""
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        inputs = [x for r in group for x in r.inputs]
         try:
-            results = await self._generate([x for r in group for x in r.inputs], group[0].params)
+            results = await loop.run_in_executor(self._executor,
+                                                 partial(self.engine.generate, inputs, **group[0].params))
         except Exception as exc:
             if len(group) == 1:
-                _settle(group[0], exc=exc)
+                self._finish(group[0], exc=exc)
                 return
             for request in group:
                 await self._run_group([request])
             return
+        self._observe(time.monotonic() - started, len(inputs))
         start = 0
         for request in group:
-            _settle(request, results[start:start + len(request.inputs)])
+            self._finish(request, results[start:start + len(request.inputs)])
             start += len(request.inputs)
 
-    async def _generate(self, inputs: list[Any], params: dict[str, Any]) -> list[Any]:
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, partial(self.engine.generate, inputs, **params))
-        finally:
-            self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * (time.monotonic() - started)
+    def _finish(self, request: _Request, results: list[Any] | None = None, exc: BaseException | None = None) -> None:
+        """Answer the request (unless its client already gave up) and mark its queue entry done."""
+        if not request.future.done():
+            if exc is not None:
+                request.future.set_exception(exc)
+            else:
+                request.future.set_result(results)
+        assert self._queue is not None
+        self._queue.task_done()
+
+    def _abandon(self, request: _Request) -> None:
+        """Stop waiting for a continuous request's remaining inputs (its future is already settled)."""
+        if request.unfinished:
+            request.unfinished = 0
+            self._finish(request)
+
+    def _observe(self, seconds: float, answered: int) -> None:
+        """Update the running estimate of model seconds per answered input, for Retry-After."""
+        self._unanswered_seconds += seconds
+        if answered:
+            per_input = self._unanswered_seconds / answered
+            self._seconds_per_input = 0.8 * self._seconds_per_input + 0.2 * per_input
+            self._unanswered_seconds = 0.0
 
     def _retry_after(self) -> int:
-        """Whole seconds until the queue has likely drained a batch's worth: the recent time per batch
-        times the batches queued ahead, between 1 and 60."""
-        batches_ahead = 1 + self.queued / self.max_batch_size
-        return max(1, min(60, math.ceil(self._seconds_per_batch * batches_ahead)))
-
-
-def _settle(request: _Request, results: list[Any] | None = None, exc: BaseException | None = None) -> None:
-    if request.future.done():
-        return  # the client timed out meanwhile
-    if exc is not None:
-        request.future.set_exception(exc)
-    else:
-        request.future.set_result(results)
+        """Whole seconds until the queue ahead has likely drained: recent seconds per answered input times
+        the inputs queued and in the batch, between 1 and 60."""
+        ahead = 1 + self.queued + self.max_batch_size
+        return max(1, min(60, math.ceil(self._seconds_per_input * ahead)))

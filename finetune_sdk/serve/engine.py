@@ -7,7 +7,6 @@ token-for-token a training prompt; generation stops at the template's end-of-tur
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,17 +18,26 @@ from ..encoding import Encoder
 from ..errors import ArtifactError, ConfigError, TemplateError
 from ..models import ModelRef, load_model, load_tokenizer, resolve_model
 from ..template import PromptTemplate
+from .decode import DecodeBatch, Generation, PrefixCache, finish, run_all
 
 GENERATION_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "stop",
                    "repetition_penalty", "seed", "return_full_text"}
 
 
 @dataclass
-class Generation:
-    text: str
-    finish_reason: str  # "stop" (end of turn or a stop string) or "length"
-    prompt_tokens: int
-    completion_tokens: int
+class Settings:
+    """One request's generation settings; ``extra`` holds the ``model.generate`` options (sampling,
+    repetition penalty) that the continuous decode loop does not implement."""
+
+    max_new_tokens: int
+    stop: list[str]
+    seed: int | None
+    extra: dict[str, Any]
+
+    @property
+    def continuous(self) -> bool:
+        """Plain greedy decoding, which the continuous batch runs."""
+        return not self.extra
 
 
 class GenerationEngine:
@@ -45,6 +53,7 @@ class GenerationEngine:
         self.encoder = Encoder(tokenizer, template, max_length=max_length)
         self.defaults = {"max_new_tokens": 256, "do_sample": False, **(defaults or {})}
         self._lock = threading.Lock()
+        self._prefix: PrefixCache | None = None
 
     @classmethod
     def from_artifact(cls, path: str | Path, *, device: str = "auto", merge: bool = True) -> "GenerationEngine":
@@ -93,52 +102,76 @@ class GenerationEngine:
         raise TemplateError(f"cannot build a prompt from {type(source).__name__}; pass a string, a dict of "
                             "columns or a list of chat messages")
 
-    def generate(self, inputs: Sequence[Any], **parameters: Any) -> list[Generation]:
-        """Generate one reply per input; inputs are grouped by length into left-padded batches."""
+    def settings(self, parameters: Mapping[str, Any]) -> Settings:
+        """Checked generation settings: the engine's defaults overlaid with the request's non-null values."""
         unknown = set(parameters) - GENERATION_KEYS
         if unknown:
             raise ConfigError(f"unknown generation parameters {sorted(unknown)}; known: {sorted(GENERATION_KEYS)}")
         params = {**self.defaults, **{k: v for k, v in parameters.items() if v is not None}}
-        if not isinstance(params.get("max_new_tokens"), int) or params["max_new_tokens"] < 1:
-            raise ConfigError(f"max_new_tokens must be a whole number >= 1, got {params.get('max_new_tokens')!r}")
-        prompts = [self.prompt_ids(x) for x in inputs]
+        limit = params.pop("max_new_tokens", None)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ConfigError(f"max_new_tokens must be a whole number >= 1, got {limit!r}")
         stop = params.pop("stop", None) or []
-        stop = [stop] if isinstance(stop, str) else list(stop)
         seed = params.pop("seed", None)
         params.pop("return_full_text", None)
         if not params.get("do_sample"):
-            params = {k: v for k, v in params.items() if k not in ("temperature", "top_p", "top_k")}
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        results: list[Generation | None] = [None] * len(prompts)
+            params = {k: v for k, v in params.items() if k not in ("temperature", "top_p", "top_k", "do_sample")}
+        if params.get("repetition_penalty") in (1, 1.0):
+            params.pop("repetition_penalty")
+        return Settings(limit, [stop] if isinstance(stop, str) else list(stop), seed, params)
+
+    def decode_batch(self) -> DecodeBatch:
+        """An empty continuous batch over this engine's model, sharing its prefix cache."""
+        if self._prefix is None:
+            self._prefix = PrefixCache(self.model, self._shared_prefix())
+        return DecodeBatch(self.model, self.tokenizer, self.encoder.stop_token_ids, self._prefix)
+
+    def generate(self, inputs: Sequence[Any], **parameters: Any) -> list[Generation]:
+        """One reply per input. Greedy inputs share a continuous batch of up to max_batch_size rows;
+        sampling (or a repetition penalty) runs through ``model.generate`` in length-sorted padded batches."""
+        settings = self.settings(parameters)
+        prompts = [self.prompt_ids(x) for x in inputs]
         with self._lock, torch.inference_mode():
-            if seed is not None:
-                torch.manual_seed(int(seed))
+            if settings.continuous:
+                return run_all(self.decode_batch(), prompts, settings, self.max_batch_size)
+            if settings.seed is not None:
+                torch.manual_seed(int(settings.seed))
+            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+            results: list[Generation | None] = [None] * len(prompts)
             for start in range(0, len(order), self.max_batch_size):
                 chunk = order[start:start + self.max_batch_size]
-                for i, g in zip(chunk, self._generate_batch([prompts[i] for i in chunk], params, stop)):
+                for i, g in zip(chunk, self._generate_padded([prompts[i] for i in chunk], settings)):
                     results[i] = g
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, prompts: list[list[int]], params: dict[str, Any], stop: list[str]) -> list[Generation]:
+    def _generate_padded(self, prompts: list[list[int]], settings: Settings) -> list[Generation]:
         pad = self.tokenizer.pad_token_id
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         device = next(self.model.parameters()).device
         stop_ids = self.encoder.stop_token_ids
-        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                  eos_token_id=stop_ids, pad_token_id=pad, **params)
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), eos_token_id=stop_ids,
+                                  pad_token_id=pad, max_new_tokens=settings.max_new_tokens, **settings.extra)
         results = []
         for prompt, row in zip(prompts, out[:, width:].tolist()):
             ended = next((i for i, t in enumerate(row) if t in stop_ids), None)
             tokens = row[:ended] if ended is not None else row
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            finish = "stop" if ended is not None else "length"
-            for s in stop:
-                if s and s in text:
-                    text, finish = text[:text.index(s)], "stop"
-            results.append(Generation(text.strip(), finish, len(prompt), len(tokens)))
+            results.append(finish(self.tokenizer, tokens, ended is not None, settings.stop, len(prompt)))
         return results
+
+    def _shared_prefix(self) -> list[int]:
+        """The tokens every prompt of this template starts with (its system turn), found by rendering two
+        different inputs; empty when the template has none or cannot render a probe."""
+        try:
+            a, b = (self.prompt_ids({c: probe for c in self.template.prompt_columns}
+                                    if self.template.kind != "messages" else probe) for probe in ("a", "b"))
+        except Exception:
+            return []
+        n = 0
+        while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
+            n += 1
+        return a[:n]
 
 
 def _local_or(artifact_dir: Path, ref: ModelRef) -> ModelRef:

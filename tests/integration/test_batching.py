@@ -1,7 +1,7 @@
 """Dynamic batching end to end: real uvicorn on 127.0.0.1, real httpx clients in threads, the tiny trained artifact.
 
-The engine is wrapped only to count the inputs of each generate call and, for the overload and
-timeout tests, to make generation slow on purpose (fault injection).
+The engine is wrapped only to record the inputs of each generate call and the rows of each decode step
+and, for the overload and timeout tests, to make the model slow on purpose (fault injection).
 """
 
 from __future__ import annotations
@@ -20,17 +20,36 @@ from tests.integration.test_server import ThreadedServer, engine, tuner  # noqa:
 
 
 class RecordingEngine:
-    """The real engine, recording the inputs of every generate call; ``delay`` seconds slower when set."""
+    """The real engine, recording the inputs of every generate call and the rows of every decode step of
+    its continuous batch; each of those model calls ``delay`` seconds slower when set."""
 
     def __init__(self, engine: Any, delay: float = 0.0) -> None:
         self.engine = engine
         self.delay = delay
         self.calls: list[list[Any]] = []
+        self.steps: list[list[Any]] = []  # the row tags at each decode step
 
     def generate(self, inputs: Sequence[Any], **params: Any) -> list[Any]:
         self.calls.append(list(inputs))
         time.sleep(self.delay)
         return self.engine.generate(inputs, **params)
+
+    def decode_batch(self) -> Any:
+        batch, recorder = self.engine.decode_batch(), self
+
+        class RecordingBatch:
+            def step(self) -> Any:
+                recorder.steps.append([row.tag for row in batch.rows])
+                time.sleep(recorder.delay)
+                return batch.step()
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(batch, name)
+
+            def __len__(self) -> int:
+                return len(batch)
+
+        return RecordingBatch()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)
@@ -74,27 +93,54 @@ def post_all(url: str, bodies: list[dict[str, Any]], timeout: float = 60) -> lis
         return list(pool.map(lambda b: httpx.post(f"{url}/invocations", json=b, timeout=timeout), bodies))
 
 
+def requests_per_step(recorder: RecordingEngine) -> list[int]:
+    return [len({id(request) for request, _ in tags}) for tags in recorder.steps]
+
+
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(engine, questions, alone):
     recorder = RecordingEngine(engine)
     with ThreadedServer(create_app(recorder, max_wait_ms=200, max_batch_size=16)) as server:
         responses = post_all(server.url, [{"inputs": q, "parameters": {"max_new_tokens": 8}} for q in questions])
     assert [r.status_code for r in responses] == [200] * len(questions)
     assert [answer(r) for r in responses] == [reference(alone[q]) for q in questions]
-    assert max(len(c) for c in recorder.calls) > 1, f"no call batched requests: {recorder.calls}"
-    assert sum(len(c) for c in recorder.calls) == len(questions)
+    assert max(requests_per_step(recorder)) > 1, f"no step decoded several requests: {recorder.steps}"
+    assert recorder.calls == []  # greedy requests never fall back to model.generate
 
 
-def test_different_parameters_are_not_mixed(engine, questions, alone):
+def test_a_waiting_input_takes_the_row_a_short_reply_frees(engine, questions, alone):
+    """Three token limits, two rows: whichever two start, the shorter ends first and the third input joins
+    while the longer is still decoding."""
+    full = [q for q in questions if alone[q].finish_reason == "length"][:3]
+    assert len(full) == 3, "the tiny model should run three replies to their token limit"
+    bodies = [{"inputs": q, "parameters": {"max_new_tokens": n}} for q, n in zip(full, (2, 5, 8))]
     recorder = RecordingEngine(engine)
-    bodies = [{"inputs": q, "parameters": {"max_new_tokens": 8 if i % 2 else 3}} for i, q in enumerate(questions[:6])]
-    with ThreadedServer(create_app(recorder, max_wait_ms=200)) as server:
+    with ThreadedServer(create_app(recorder, max_wait_ms=300, max_batch_size=2)) as server:
         responses = post_all(server.url, bodies)
-    for body, response in zip(bodies, responses):
-        assert response.status_code == 200
+    assert [r.json()[0]["details"]["completion_tokens"] for r in responses] == [2, 5, 8]
+    assert answer(responses[2]) == reference(alone[full[2]])
+    assert max(len(tags) for tags in recorder.steps) == 2
+    rows = [{tag[0].inputs[0] for tag in tags} for tags in recorder.steps]
+    joined = [later - earlier for earlier, later in zip(rows, rows[1:]) if later - earlier and earlier & later]
+    assert joined, f"no input joined a batch that was already decoding: {rows}"
+
+
+def test_greedy_limits_share_steps_sampling_parameters_are_not_mixed(engine, questions, alone):
+    recorder = RecordingEngine(engine)
+    greedy = [{"inputs": q, "parameters": {"max_new_tokens": 8 if i % 2 else 3}} for i, q in enumerate(questions[:4])]
+    sampled = [{"inputs": q, "parameters": {"max_new_tokens": 4, "do_sample": True, "temperature": t, "seed": 7}}
+               for q, t in zip(questions[4:6], (0.7, 1.3))]
+    with ThreadedServer(create_app(recorder, max_wait_ms=300)) as server:
+        responses = post_all(server.url, greedy + sampled)
+    assert [r.status_code for r in responses] == [200] * 6
+    for body, response in zip(greedy, responses):
         assert response.json()[0]["details"]["completion_tokens"] <= body["parameters"]["max_new_tokens"]
         if body["parameters"]["max_new_tokens"] == 8:
             assert answer(response) == reference(alone[body["inputs"]])
-    assert len(recorder.calls) >= 2  # at least one call per parameter set
+    assert max(requests_per_step(recorder)) > 1
+    assert sorted(recorder.calls) == sorted([b["inputs"]] for b in sampled)  # each sampling request alone
+    for body, response in zip(sampled, responses[4:]):  # a seeded request answers as it does in process
+        (same,) = engine.generate([body["inputs"]], **body["parameters"])
+        assert answer(response) == reference(same)
 
 
 def test_without_batching_requests_run_one_at_a_time(engine, questions, alone):
@@ -114,20 +160,33 @@ def test_a_bad_input_is_refused_before_it_joins_a_batch(engine, questions, alone
     assert [answer(r) for r in responses[:3]] == [reference(alone[q]) for q in questions[:3]]
     assert responses[3].status_code == 400 and "questionText" in responses[3].json()["error"]["message"]
     assert not any(bad["inputs"] in c for c in recorder.calls), "the bad input reached the model"
+    assert not any(tag[0].inputs == [bad["inputs"]] for tags in recorder.steps for tag in tags)
+    assert max(requests_per_step(recorder)) > 1
 
 
 class PoisonEngine(RecordingEngine):
-    """Fault injection: generation fails (as a device error would) for any batch holding ``poison``."""
+    """Fault injection: the model fails (as a device error would) when the prompt of ``poison`` joins the batch."""
 
     def __init__(self, engine: Any, poison: str) -> None:
         super().__init__(engine)
         self.poison = poison
 
-    def generate(self, inputs: Sequence[Any], **params: Any) -> list[Any]:
-        self.calls.append(list(inputs))
-        if self.poison in inputs:
-            raise RuntimeError("simulated device error")
-        return self.engine.generate(inputs, **params)
+    def decode_batch(self) -> Any:
+        batch, poison = super().decode_batch(), self.poison
+
+        class PoisonedBatch:
+            def add(self, tag: Any, *args: Any, **kwargs: Any) -> Any:
+                if tag[0].inputs == [poison]:
+                    raise RuntimeError("simulated device error")
+                return batch.add(tag, *args, **kwargs)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(batch, name)
+
+            def __len__(self) -> int:
+                return len(batch)
+
+        return PoisonedBatch()
 
 
 def test_a_generation_error_fails_only_its_own_request(engine, questions, alone):
@@ -138,7 +197,7 @@ def test_a_generation_error_fails_only_its_own_request(engine, questions, alone)
             "max_new_tokens": 8}}, timeout=60)
     assert [answer(r) for r in responses[:3]] == [reference(alone[q]) for q in questions[:3]]
     assert responses[3].status_code == 500 and "simulated device error" in responses[3].json()["error"]["message"]
-    assert any(len(c) > 1 and questions[3] in c for c in poisoned.calls), "the poisoned input was never batched"
+    assert max(requests_per_step(poisoned)) > 1, "the other requests were not batched"
     assert answer(after) == reference(alone[questions[0]])  # the server keeps serving
 
 
@@ -183,3 +242,19 @@ def test_close_finishes_queued_work_and_refuses_new(engine, questions, alone):
     texts, refused = asyncio.run(scenario())
     assert texts == [alone[q].text for q in questions[:3]]
     assert isinstance(refused, ShuttingDown)
+
+
+def test_continuous_decoding_equals_model_generate(engine, questions):
+    """The hand-written decode loop (twelve rows of different lengths in one batch) gives, token for token,
+    what transformers' own greedy ``generate`` gives for each prompt alone."""
+    import torch
+
+    stop = engine.encoder.stop_token_ids
+    for question, generation in zip(questions, engine.generate(questions, max_new_tokens=8)):
+        ids = torch.tensor([engine.prompt_ids(question)])
+        out = engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                    eos_token_id=stop, pad_token_id=engine.tokenizer.pad_token_id)
+        tokens = out[0, ids.shape[1]:].tolist()
+        tokens = tokens[:next((i for i, t in enumerate(tokens) if t in stop), len(tokens))]
+        assert generation.completion_tokens == len(tokens)
+        assert generation.text == engine.tokenizer.decode(tokens, skip_special_tokens=True).strip()

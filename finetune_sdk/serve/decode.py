@@ -1,0 +1,210 @@
+"""Iteration-level (continuous) batching for greedy generation: rows join and leave between decode steps.
+
+A batched ``generate`` call runs until its longest reply ends and pads every prompt to the longest one.
+Here each prompt is prefilled alone (no padding, and the template's fixed prefix comes from a cached
+KV), then joins the shared KV cache as one more left-padded row; every ``step`` decodes one token for
+all rows and drops those that finished, so a short reply frees its slot at once for a waiting prompt.
+
+    add(prompt) ──> prefill the prompt's suffix after the cached prefix ──> left-pad, append a row
+    step()      ──> one forward over the rows' last tokens ──> argmax ──> drop finished rows
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # "stop" (end of turn or a stop string) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class _Row:
+    tag: Hashable
+    prompt_tokens: int
+    max_new_tokens: int
+    stop: list[str]
+    tokens: list[int] = field(default_factory=list)
+
+
+class PrefixCache:
+    """The KV of the prompt prefix every request shares (the template's system turn), computed once."""
+
+    def __init__(self, model: Any, prefix_ids: list[int]) -> None:
+        self.model = model
+        self.ids = prefix_ids
+        self._kv: DynamicCache | None = None
+
+    def length_for(self, prompt: list[int]) -> int:
+        """How many leading tokens of ``prompt`` the cache covers (0 when it does not start with the prefix)."""
+        n = len(self.ids)
+        return n if n and len(prompt) > n and prompt[:n] == self.ids else 0
+
+    @torch.inference_mode()
+    def cache_for(self, prompt: list[int]) -> tuple[DynamicCache, int]:
+        """A fresh cache holding the prefix KV when ``prompt`` starts with it, and the prefix length."""
+        cache = DynamicCache()
+        n = self.length_for(prompt)
+        if n:
+            if self._kv is None:
+                self._kv = _forward(self.model, self.ids, DynamicCache(), 0).cache
+            for i, layer in enumerate(self._kv.layers):
+                cache.update(layer.keys, layer.values, i)
+        return cache, n
+
+
+class DecodeBatch:
+    """Rows generating together over one left-padded KV cache; greedy, one token per ``step``."""
+
+    def __init__(self, model: Any, tokenizer: Any, stop_ids: list[int], prefix: PrefixCache) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_ids = set(stop_ids)
+        self.prefix = prefix
+        self.rows: list[_Row] = []
+        self._cache: DynamicCache | None = None  # per layer K/V: [rows, kv heads, width, head dim]
+        self._mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, width]: 1 where a real token sits
+        self._next = torch.zeros(0, dtype=torch.long)  # each row's newest token, not yet in the cache
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @torch.inference_mode()
+    def add(self, tag: Hashable, prompt: list[int], max_new_tokens: int, stop: list[str]) -> list[tuple[Any, Generation]]:
+        """Prefill ``prompt`` and make it a row; returns it at once if its first token already ends it."""
+        cache, start = self.prefix.cache_for(prompt)
+        out = _forward(self.model, prompt[start:], cache, start)
+        first = int(out.logits[0, -1].argmax())
+        row_cache, width = out.cache, len(prompt)
+        row_mask = torch.ones(1, width, dtype=torch.long, device=self._device)
+        if self._cache is None or not self.rows:
+            self._cache, self._mask = row_cache, row_mask
+        else:
+            grow = width - self._mask.shape[1]  # left-pad whichever side is shorter, then stack the row below
+            _edit(self._cache, lambda x: _left_pad(x, max(0, grow)))
+            _edit(row_cache, lambda x: _left_pad(x, max(0, -grow)))
+            for mine, new in zip(self._cache.layers, row_cache.layers):
+                mine.keys, mine.values = torch.cat([mine.keys, new.keys]), torch.cat([mine.values, new.values])
+            self._mask = torch.cat([_left_pad(self._mask, max(0, grow)), _left_pad(row_mask, max(0, -grow))])
+        self._next = torch.cat([self._next.to(self._device), torch.tensor([first], device=self._device)])
+        self.rows.append(_Row(tag, len(prompt), max_new_tokens, stop, [first]))
+        return self._drop_finished()
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, Generation]]:
+        """Decode one token for every row; returns the rows that finished, as (tag, Generation)."""
+        if not self.rows:
+            return []
+        positions = self._mask.sum(dim=1, keepdim=True)
+        self._mask = torch.cat([self._mask, torch.ones_like(positions)], dim=1)
+        out = self.model(input_ids=self._next[:, None], attention_mask=self._mask, position_ids=positions,
+                         cache=self._cache, use_cache=True, logits_to_keep=1)
+        self._next = out.logits[:, -1].argmax(dim=-1)
+        for row, token in zip(self.rows, self._next.tolist()):
+            row.tokens.append(token)
+        return self._drop_finished()
+
+    @torch.inference_mode()
+    def drop(self, tags: set[Hashable]) -> None:
+        """Stop generating the rows with these tags (their client has gone)."""
+        self._keep([i for i, row in enumerate(self.rows) if row.tag not in tags])
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _drop_finished(self) -> list[tuple[Any, Generation]]:
+        finished = {i: self._result(row) for i, row in enumerate(self.rows)}
+        finished = {i: g for i, g in finished.items() if g is not None}
+        if finished:
+            done = [(self.rows[i].tag, g) for i, g in finished.items()]
+            self._keep([i for i in range(len(self.rows)) if i not in finished])
+            return done
+        return []
+
+    def _keep(self, indices: list[int]) -> None:
+        """Keep only these rows, then cut the left columns that are padding in every remaining row."""
+        if len(indices) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in indices]
+        index = torch.tensor(indices, dtype=torch.long, device=self._device)
+        mask = self._mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()
+        cut = int(used[0]) if len(used) else mask.shape[1]
+        self._mask = mask[:, cut:]
+        _edit(self._cache, lambda x: x.index_select(0, index)[:, :, cut:])
+        self._next = self._next.index_select(0, index)
+
+    def _result(self, row: _Row) -> Generation | None:
+        """The row's Generation when it has finished (end of turn, a stop string, or its token budget)."""
+        ended = row.tokens[-1] in self.stop_ids
+        if not ended and len(row.tokens) < row.max_new_tokens and not self._hit_stop(row):
+            return None
+        return finish(self.tokenizer, row.tokens[:-1] if ended else row.tokens, ended, row.stop, row.prompt_tokens)
+
+    def _hit_stop(self, row: _Row) -> bool:
+        if not row.stop:
+            return False
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        return any(s and s in text for s in row.stop)
+
+
+def finish(tokenizer: Any, tokens: list[int], ended: bool, stop: list[str], prompt_tokens: int) -> Generation:
+    """The reply text of ``tokens``, cut at the first stop string, with its finish reason and token counts."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    reason = "stop" if ended else "length"
+    for s in stop:
+        if s and s in text:
+            text, reason = text[:text.index(s)], "stop"
+    return Generation(text.strip(), reason, prompt_tokens, len(tokens))
+
+
+def _forward(model: Any, ids: list[int], cache: DynamicCache, start: int) -> Any:
+    """Run ``ids`` (positions start, start+1, ...) after ``cache``, keeping only the last position's logits."""
+    device = next(model.parameters()).device
+    positions = torch.arange(start, start + len(ids), device=device)[None]
+    return model(input_ids=torch.tensor([ids], device=device), position_ids=positions, cache=cache,
+                 attention_mask=torch.ones(1, start + len(ids), dtype=torch.long, device=device), use_cache=True,
+                 logits_to_keep=1)
+
+
+def _edit(cache: DynamicCache, change: Any) -> None:
+    """Apply ``change`` to every layer's keys and values."""
+    for layer in cache.layers:
+        layer.keys, layer.values = change(layer.keys), change(layer.values)
+
+
+def _left_pad(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``x`` with ``n`` zero columns in front of its sequence axis (the last axis of a mask, -2 of a K/V)."""
+    if n == 0:
+        return x
+    axis = -1 if x.dim() == 2 else -2
+    shape = list(x.shape)
+    shape[axis] = n
+    return torch.cat([x.new_zeros(shape), x], dim=axis)
+
+
+def run_all(batch: DecodeBatch, prompts: list[list[int]], settings: Any, max_rows: int) -> list[Generation]:
+    """Generate every prompt through ``batch``, at most ``max_rows`` at a time, each joining when a row frees."""
+    results: list[Generation | None] = [None] * len(prompts)
+    waiting = deque(range(len(prompts)))
+    remaining = len(prompts)
+    while remaining:
+        finished = []
+        while waiting and len(batch) < max_rows:
+            i = waiting.popleft()
+            finished += batch.add(i, prompts[i], settings.max_new_tokens, settings.stop)
+        finished += batch.step()
+        for i, generation in finished:
+            results[i] = generation
+            remaining -= 1
+    return results  # type: ignore[return-value]
