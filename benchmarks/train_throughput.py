@@ -233,6 +233,7 @@ def main() -> None:
                         "(default: 64 on CPU, 8192 on CUDA, the bundled rows repeated)")
     parser.add_argument("--eval-rows", type=int, default=48, help="held-out rows scored after training")
     parser.add_argument("--recipes", default="finetune_sdk,trl,reference")
+    parser.add_argument("--model", help="on CPU: another model name or folder (default: the embedded SmolLM2)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     setup = CUDA if cuda else CPU
@@ -240,13 +241,13 @@ def main() -> None:
     examples = args.examples or (8192 if cuda else 64)
     eval_rows, pool = rows[:args.eval_rows], rows[args.eval_rows:]
     train_rows = (pool * (1 + examples // len(pool)))[:examples]
-    model_ref = qwen_shaped_model(Path(tempfile.mkdtemp(prefix="qwen05b_"))) if cuda else setup["model"]
+    model_ref = qwen_shaped_model(Path(tempfile.mkdtemp(prefix="qwen05b_"))) if cuda else args.model or setup["model"]
     recipes = {"finetune_sdk": finetune_sdk_default, "trl": trl_sft, "reference": reference_recipe}
     results = {name: _in_child(recipes[name], model_ref, setup, train_rows, eval_rows)
                for name in args.recipes.split(",")}
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",
-        "model": "Qwen1.5-0.5B-shaped (random init, bf16)" if cuda else setup["model"],
+        "model": "Qwen1.5-0.5B-shaped (random init, bf16)" if cuda else model_ref,
         "lora": setup["lora"], "examples": len(train_rows), "eval_rows": len(eval_rows), **results}
     if cuda:
         for result in results.values():

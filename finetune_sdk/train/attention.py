@@ -1,7 +1,7 @@
 """Attention for packed rows: each example attends only to itself, without an O(tokens^2) mask.
 
-Registered with transformers as ``finetune_sdk_varlen``. On CUDA it calls PyTorch's variable-length
-flash attention (``torch.nn.attention.varlen``); elsewhere it runs causal SDPA on each example's
+Registered with transformers as ``finetune_sdk_varlen``. On CUDA (bf16/fp16) it calls PyTorch's
+variable-length flash attention (``torch.nn.attention.varlen``); elsewhere it runs causal SDPA on each example's
 slice. Padded batches (evaluation, the frozen-layer cache) fall through to transformers' SDPA.
 """
 
@@ -27,10 +27,10 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
                                       **kwargs)
     if query.shape[0] != 1:
         raise ValueError("packed attention expects one row holding every example")
-    if query.is_cuda and _cuda_varlen() is not None:
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and _cuda_varlen() is not None:
         longest = int(kwargs["max_length_q"])
-        out = _cuda_varlen()(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
-                             cu, cu, longest, longest, scale=scaling, window_size=(-1, 0),
+        q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (tokens, heads, dim)
+        out = _cuda_varlen()(q, k, v, cu, cu, longest, longest, scale=scaling, window_size=(-1, 0),
                              enable_gqa=key.shape[1] != query.shape[1])
         return out.unsqueeze(0), None
     bounds = cu.tolist()

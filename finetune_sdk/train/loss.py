@@ -63,7 +63,8 @@ def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: t
         return (losses * weights).sum() if weights is not None else losses.sum()
     liger = _liger() if hidden.is_cuda and weights is None else None
     if liger is not None:
-        return liger(input=hidden, weight=weight, target=targets, reduction="sum")
+        out = liger(input=hidden, weight=weight, target=targets, reduction="sum")
+        return out[0] if isinstance(out, tuple) else out  # some versions also return the z-loss
     chunk = max(1, LOGITS_PER_CHUNK // weight.shape[0])
     return _LinearCrossEntropy.apply(hidden, weight, targets, weights, chunk)
 
