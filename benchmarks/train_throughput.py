@@ -28,6 +28,7 @@ import math
 import multiprocessing
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -243,8 +244,10 @@ def main() -> None:
     train_rows = (pool * (1 + examples // len(pool)))[:examples]
     model_ref = qwen_shaped_model(Path(tempfile.mkdtemp(prefix="qwen05b_"))) if cuda else args.model or setup["model"]
     recipes = {"finetune_sdk": finetune_sdk_default, "trl": trl_sft, "reference": reference_recipe}
-    results = {name: _in_child(recipes[name], model_ref, setup, train_rows, eval_rows)
-               for name in args.recipes.split(",")}
+    results = {}
+    for name in args.recipes.split(","):
+        results[name] = _in_child(recipes[name], model_ref, setup, train_rows, eval_rows)
+        print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)  # progress while the others run
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",
         "model": "Qwen1.5-0.5B-shaped (random init, bf16)" if cuda else model_ref,

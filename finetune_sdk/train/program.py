@@ -257,6 +257,7 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
     losses: list[float] = []
     eval_history: list[dict[str, Any]] = []
     started = time.perf_counter()
+    eval_seconds = 0.0  # not training time: left out of the throughput
     bar = _progress(total_steps, state.step, enabled=settings.progress and ranks.is_main)
     while state.step < total_steps:
         batches = epoch_batches(lengths, settings.batch_size, spec.seed, state.epoch)
@@ -289,21 +290,23 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
             state.step += 1
             state.group_in_epoch = g + 1
             losses.append(step_loss)
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - started - eval_seconds
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{real_tokens / max(elapsed, 1e-9):.0f}", epoch=state.epoch)
             if state.step % settings.save_every == 0 and state.step < total_steps and ranks.is_main:
                 path = save_checkpoint(checkpoints, model, optimizer, scheduler, state, settings.keep_checkpoints)
                 log.event("checkpoint", step=state.step, path=str(path))
         if state.group_in_epoch >= len(groups):
+            eval_started = time.perf_counter()
             eval_loss = evaluate_loss(model, eval_examples, pad_id, device, dtype, ranks=ranks)
+            eval_seconds += time.perf_counter() - eval_started
             eval_history.append({"epoch": state.epoch + 1, "step": state.step, "eval_loss": eval_loss})
             log.event("epoch_end", epoch=state.epoch + 1, step=state.step, eval_loss=eval_loss,
                       train_loss=sum(losses[-groups_per_epoch:]) / max(1, len(losses[-groups_per_epoch:])))
             state.epoch += 1
             state.group_in_epoch = 0
     bar.close()
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started - eval_seconds
     final_eval = eval_history[-1]["eval_loss"] if eval_history else evaluate_loss(
         model, eval_examples, pad_id, device, dtype, ranks=ranks)
     real_tokens, padded_tokens = (int(v) for v in distributed.sum_values([real_tokens, padded_tokens], ranks, device))
