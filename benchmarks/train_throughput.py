@@ -231,7 +231,7 @@ def _in_child(recipe: Any, *args: Any) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, help="training rows each recipe passes over once "
-                        "(default: 64 on CPU, 8192 on CUDA, the bundled rows repeated)")
+                        "(default: 64 on CPU, 4096 on CUDA, the bundled rows repeated)")
     parser.add_argument("--eval-rows", type=int, default=48, help="held-out rows scored after training")
     parser.add_argument("--recipes", default="finetune_sdk,trl,reference")
     parser.add_argument("--model", help="on CPU: another model name or folder (default: the embedded SmolLM2)")
@@ -239,7 +239,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     setup = CUDA if cuda else CPU
     rows = load_rows("counsel-sample")
-    examples = args.examples or (8192 if cuda else 64)
+    examples = args.examples or (4096 if cuda else 64)
     eval_rows, pool = rows[:args.eval_rows], rows[args.eval_rows:]
     train_rows = (pool * (1 + examples // len(pool)))[:examples]
     model_ref = qwen_shaped_model(Path(tempfile.mkdtemp(prefix="qwen05b_"))) if cuda else args.model or setup["model"]
