@@ -234,8 +234,9 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
 
     checkpoints = spec.work_dir / "checkpoints"
     state = TrainState(data_fingerprint=spec.data.fingerprint)
-    if not resume and ranks.is_main:
-        shutil.rmtree(checkpoints, ignore_errors=True)  # a fresh run must never resume from an older one
+    if not resume:
+        if ranks.is_main:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # a fresh run must never resume from an older one
     elif list_checkpoints(checkpoints):
         latest = list_checkpoints(checkpoints)[-1]
         state = load_checkpoint(latest, model, optimizer, scheduler)
