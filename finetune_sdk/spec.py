@@ -61,6 +61,13 @@ class TrainingSettings(_Settings):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     merge: bool = Field(False, description="also write merged/ (adapter folded into the base weights)")
     gradient_checkpointing: bool = False
+    packing: Literal["auto", "packed", "padded"] = Field(
+        "auto", description="'packed': examples end to end in one row per micro-batch, no padding; "
+        "'padded': length-grouped batches padded to their longest row; 'auto': packed on CUDA, padded "
+        "elsewhere and whenever the frozen-layer cache is used (measured faster there)")
+    tokens_per_micro_batch: int | None = Field(
+        None, ge=16, description="tokens in one packed forward/backward; None = sized from free GPU memory "
+        "by a short probe (CUDA) or the whole optimizer step (CPU, MPS)")
     cache_frozen_layers: bool = Field(
         True, description="with LoRA on the top layers only, compute the frozen layers once per example")
     progress: bool = True

@@ -1,7 +1,9 @@
 """Train on this machine (cuda > mps > cpu) with the SDK's one training program.
 
 By default the program runs in a child process (``python -m finetune_sdk.train``): a crash or
-``cancel()`` cannot take the caller down, and progress goes to the caller's terminal.
+``cancel()`` cannot take the caller down, and progress goes to the caller's terminal. With
+``nproc_per_node=N`` the same program runs under torchrun as N data-parallel processes (one per GPU,
+or N CPU processes over gloo).
 """
 
 from __future__ import annotations
@@ -15,16 +17,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..spec import JobSpec
 from .base import TERMINAL, TrainingJob
 
 
 class LocalBackend:
-    """Runs jobs on this machine; ``in_process=True`` runs them in the calling process instead."""
+    """Runs jobs on this machine; ``in_process=True`` runs them in the calling process instead.
 
-    def __init__(self, in_process: bool = False) -> None:
+    ``nproc_per_node=N`` launches N training processes with torchrun (data parallel).
+    """
+
+    def __init__(self, in_process: bool = False, nproc_per_node: int = 1) -> None:
+        if nproc_per_node < 1:
+            raise ConfigError(f"nproc_per_node must be at least 1, got {nproc_per_node}")
+        if in_process and nproc_per_node > 1:
+            raise ConfigError("in_process=True runs one process; drop it to train with nproc_per_node > 1")
         self.in_process = in_process
+        self.nproc_per_node = nproc_per_node
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def create(self, spec: JobSpec, *, resume: bool = False) -> TrainingJob:
@@ -39,7 +49,10 @@ class LocalBackend:
 
             run(spec, resume=resume)
         else:
-            cmd = [sys.executable, "-m", "finetune_sdk.train", "--spec", str(spec_path)] + (["--resume"] if resume else [])
+            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc_per_node}"] \
+                if self.nproc_per_node > 1 else []
+            cmd = [sys.executable, *launcher, "-m", "finetune_sdk.train", "--spec", str(spec_path)] + \
+                (["--resume"] if resume else [])
             self._processes[job_id] = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             (folder / "pid").write_text(str(self._processes[job_id].pid), encoding="utf-8")
         return self.retrieve(job_id)

@@ -27,26 +27,39 @@ from ..errors import ConfigError, EmptyDatasetError, MissingDependencyError, Tra
 from ..models import load_model, load_tokenizer, resolve_model
 from ..spec import JobSpec
 from ..template import PromptTemplate
+from . import distributed
+from .attention import use_varlen_attention
 from .batching import collate, epoch_batches, padding_efficiency
-from .frozen_cache import FrozenLayerCache
+from .budget import token_budget
 from .checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from .distributed import Ranks
+from .frozen_cache import FrozenLayerCache
 from .loss import completion_loss
+from .packing import collate_packed, real_tokens as count_real_tokens, split_by_budget
 from .preflight import check_lora_targets
 
 
 class RunLog:
-    """Appends events to ``events.jsonl`` and keeps ``status.json`` current, for any backend to read."""
+    """Appends events to ``events.jsonl`` and keeps ``status.json`` current, for any backend to read.
 
-    def __init__(self, folder: Path) -> None:
+    Under torchrun only rank 0 writes (``enabled=False`` elsewhere).
+    """
+
+    def __init__(self, folder: Path, enabled: bool = True) -> None:
         self.folder = folder
+        self.enabled = enabled
         folder.mkdir(parents=True, exist_ok=True)
 
     def event(self, kind: str, **data: Any) -> None:
+        if not self.enabled:
+            return
         record = {"time": _now(), "event": kind, **data}
         with open(self.folder / "events.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=str) + "\n")
 
     def status(self, status: str, **data: Any) -> None:
+        if not self.enabled:
+            return
         path = self.folder / "status.json"
         current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         current.update(status=status, updated_at=_now(), **data)
@@ -134,19 +147,19 @@ def _lr_lambda(kind: str, warmup: int, total: int):
     return factor
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @torch.no_grad()
 def evaluate_loss(model: Any, examples: list[Encoded], pad_id: int, device: torch.device,
-                  dtype: torch.dtype, batch_size: int = 16) -> float | None:
-    """Mean loss per trained token over ``examples`` (None when there are none)."""
+                  dtype: torch.dtype, batch_size: int = 16, ranks: Ranks = Ranks()) -> float | None:
+    """Mean loss per trained token over ``examples`` (None when there are none); processes split the work."""
     if not examples:
         return None
     was_training = model.training
     model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    order = ranks.share(sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids)))
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
         batch = _to(collate([examples[i] for i in order[start:start + batch_size]], pad_id), device)
@@ -155,6 +168,7 @@ def evaluate_loss(model: Any, examples: list[Encoded], pad_id: int, device: torc
         total += float(loss)
         count += n
     model.train(was_training)
+    total, count = distributed.sum_values([total, count], ranks, device)
     return total / max(count, 1)
 
 
@@ -166,24 +180,28 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 
 def run(spec: JobSpec, *, resume: bool = False, overwrite: bool = True) -> Path:
     """Train according to ``spec`` and write the artifact to ``spec.output_dir``; return its path."""
-    folder = spec.work_dir
-    log = RunLog(folder)
+    device = pick_device(spec.training.device)
+    ranks = distributed.start(device.type)
+    if device.type == "cuda" and ranks.world_size > 1:
+        device = torch.device("cuda", ranks.local_rank)
+    log = RunLog(spec.work_dir, enabled=ranks.is_main)
     log.status("running", started_at=_now())
     try:
-        path = _run(spec, log, resume=resume, overwrite=overwrite)
+        path = _run(spec, log, device, ranks, resume=resume, overwrite=overwrite)
     except BaseException as exc:
         log.status("failed" if isinstance(exc, Exception) else "cancelled", finished_at=_now(),
                    error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        distributed.stop(ranks)
     log.status("completed", finished_at=_now(), artifact=str(path))
     return path
 
 
-def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
+def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resume: bool, overwrite: bool) -> Path:
     settings = spec.training
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
-    device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
 
     # -- setup: tokenize everything before the (expensive) model load --------------------------
@@ -205,7 +223,9 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
     model = prepare_model(spec, _load_for_method(spec, ref, dtype, device))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    distributed.sync_parameters(params, ranks)
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                                  fused=device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params))
     lengths = [len(e.input_ids) for e in train_examples]
     groups_per_epoch = math.ceil(math.ceil(len(lengths) / settings.batch_size) / settings.grad_accum)
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * groups_per_epoch))
@@ -215,7 +235,8 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
     checkpoints = Path(spec.checkpoint_dir) if spec.checkpoint_dir else spec.work_dir / "checkpoints"
     state = TrainState(data_fingerprint=spec.data.fingerprint)
     if not resume:
-        shutil.rmtree(checkpoints, ignore_errors=True)  # a fresh run must never resume from an older one
+        if ranks.is_main:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # a fresh run must never resume from an older one
     elif list_checkpoints(checkpoints):
         latest = list_checkpoints(checkpoints)[-1]
         state = load_checkpoint(latest, model, optimizer, scheduler)
@@ -226,12 +247,19 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
 
     # -- train ---------------------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id
-    cache = _frozen_layer_cache(spec, model, train_examples, pad_id, device, log)
+    cache = None if settings.packing == "packed" else _frozen_layer_cache(spec, model, train_examples, pad_id, device, log)
+    packed = settings.packing == "packed" or (settings.packing == "auto" and device.type == "cuda" and cache is None)
+    budget = None
+    if packed:
+        use_varlen_attention(model)
+        budget = settings.tokens_per_micro_batch or token_budget(model, train_examples, device, dtype)
+        log.event("packing", tokens_per_micro_batch=budget, processes=ranks.world_size)
     real_tokens = padded_tokens = 0
     losses: list[float] = []
     eval_history: list[dict[str, Any]] = []
     started = time.perf_counter()
-    bar = _progress(total_steps, state.step, enabled=settings.progress)
+    eval_seconds = 0.0  # not training time: left out of the throughput
+    bar = _progress(total_steps, state.step, enabled=settings.progress and ranks.is_main)
     while state.step < total_steps:
         batches = epoch_batches(lengths, settings.batch_size, spec.seed, state.epoch)
         groups = [batches[i:i + settings.grad_accum] for i in range(0, len(batches), settings.grad_accum)]
@@ -239,19 +267,23 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
             if state.step >= total_steps:
                 break
             group = groups[g]
-            n_trained = sum(train_examples[i].n_trained for b in group for i in b)
-            step_loss = 0.0
-            for batch_idx in group:
-                batch = _to(collate([train_examples[i] for i in batch_idx], pad_id), device)
+            n_trained = sum(train_examples[i].n_trained for b in group for i in b)  # of the whole step
+            step_loss = torch.zeros((), device=device)
+            for batch_idx in _micro_batches(group, ranks, lengths, budget if packed else None, packed):
+                examples = [train_examples[i] for i in batch_idx]
+                cpu_batch = collate_packed(examples) if packed else collate(examples, pad_id)
+                real_tokens += count_real_tokens(cpu_batch)
+                padded_tokens += cpu_batch["input_ids"].numel()
+                batch = _to(cpu_batch, device)
                 with _autocast(device, dtype):
                     hidden = (cache.forward(cache.batch_hidden(batch_idx, batch["input_ids"].shape[1], device),
                                             batch["attention_mask"]) if cache else None)
                     loss, _ = completion_loss(model, batch, prompt_loss_weight=settings.prompt_loss_weight,
                                               hidden=hidden)
                 (loss / n_trained).backward()
-                step_loss += float(loss.detach()) / n_trained
-                real_tokens += int(batch["attention_mask"].sum())
-                padded_tokens += batch["input_ids"].numel()
+                step_loss += loss.detach() / n_trained
+            distributed.sum_gradients(params, ranks)
+            step_loss = distributed.sum_values([float(step_loss)], ranks, device)[0]
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -259,23 +291,28 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
             state.step += 1
             state.group_in_epoch = g + 1
             losses.append(step_loss)
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - started - eval_seconds
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{real_tokens / max(elapsed, 1e-9):.0f}", epoch=state.epoch)
-            if state.step % settings.save_every == 0 and state.step < total_steps:
+            if state.step % settings.save_every == 0 and state.step < total_steps and ranks.is_main:
                 path = save_checkpoint(checkpoints, model, optimizer, scheduler, state, settings.keep_checkpoints)
                 log.event("checkpoint", step=state.step, path=str(path))
         if state.group_in_epoch >= len(groups):
-            eval_loss = evaluate_loss(model, eval_examples, pad_id, device, dtype)
+            eval_started = time.perf_counter()
+            eval_loss = evaluate_loss(model, eval_examples, pad_id, device, dtype, ranks=ranks)
+            eval_seconds += time.perf_counter() - eval_started
             eval_history.append({"epoch": state.epoch + 1, "step": state.step, "eval_loss": eval_loss})
             log.event("epoch_end", epoch=state.epoch + 1, step=state.step, eval_loss=eval_loss,
                       train_loss=sum(losses[-groups_per_epoch:]) / max(1, len(losses[-groups_per_epoch:])))
             state.epoch += 1
             state.group_in_epoch = 0
     bar.close()
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started - eval_seconds
     final_eval = eval_history[-1]["eval_loss"] if eval_history else evaluate_loss(
-        model, eval_examples, pad_id, device, dtype)
+        model, eval_examples, pad_id, device, dtype, ranks=ranks)
+    real_tokens, padded_tokens = (int(v) for v in distributed.sum_values([real_tokens, padded_tokens], ranks, device))
+    if not ranks.is_main:
+        return Path(spec.output_dir)
 
     # -- save ----------------------------------------------------------------------------------
     metrics = {
@@ -291,6 +328,9 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
             train_examples, epoch_batches(lengths, settings.batch_size, spec.seed, 0)), 4),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "packing": "packed" if packed else "padded",
+        "tokens_per_micro_batch": budget,
+        "processes": ranks.world_size,
     }
     manifest = {
         "sdk_version": __version__,
@@ -323,6 +363,14 @@ def _run(spec: JobSpec, log: RunLog, *, resume: bool, overwrite: bool) -> Path:
         write_manifest(stage, manifest)
     log.event("saved", artifact=spec.output_dir, metrics=metrics)
     return Path(spec.output_dir)
+
+
+def _micro_batches(group: list[list[int]], ranks: Ranks, lengths: list[int], budget: int | None,
+                   packed: bool) -> list[list[int]]:
+    """This process's micro-batches of one optimizer step: packed rows up to the token budget, or padded batches."""
+    if packed:
+        return [m for m in split_by_budget(ranks.share([i for b in group for i in b]), lengths, budget) if m]
+    return [mine for mine in (ranks.share(b) for b in group) if mine]
 
 
 def _frozen_layer_cache(spec: JobSpec, model: Any, examples: list[Encoded], pad_id: int,

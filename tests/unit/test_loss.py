@@ -43,3 +43,22 @@ def test_prompt_loss_weight_adds_weighted_prompt_tokens():
     prompt = (batch["labels"][:, 1:] == IGNORE_INDEX) & batch["attention_mask"][:, 1:].bool()
     torch.testing.assert_close(weighted, base + 0.5 * ce[prompt].sum())
     assert n == 7  # 4 trained targets in row 0, 3 in row 1
+
+
+def test_chunked_head_and_cross_entropy_match_the_plain_loss_and_gradients():
+    """Chunks of 5 rows, a trainable head (full fine-tuning) and per-row weights: same loss and gradients."""
+    from finetune_sdk.train.loss import _LinearCrossEntropy
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 100, bias=False)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    targets, weights = torch.randint(0, 100, (37,)), torch.rand(37)
+    fused = _LinearCrossEntropy.apply(hidden, head.weight, targets, weights, 5)
+    (2 * fused).backward()
+    grads = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad = head.weight.grad = None
+    plain = (F.cross_entropy(head(hidden), targets, reduction="none") * weights).sum()
+    (2 * plain).backward()
+    torch.testing.assert_close(fused, plain)
+    torch.testing.assert_close(grads[0], hidden.grad)
+    torch.testing.assert_close(grads[1], head.weight.grad)
