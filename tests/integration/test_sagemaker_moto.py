@@ -109,7 +109,7 @@ def _download_prefix(uri: str, folder: Path) -> None:
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    """The environment of a container process: no worktree on the path, nothing from the network."""
+    """The environment of a container process: no source checkout on the path, nothing from the network."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AWS_ENDPOINT_URL")}
     return {**env, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
 
