@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,16 @@ class InProcessTransport:
 
 class AsyncInProcessTransport:
     """The async twin of :class:`InProcessTransport`: generation runs in a worker thread, so the event loop
-    stays free; concurrent sends take turns on the one model."""
+    stays free; concurrent sends take turns in one worker thread (tokenizer and model are not shared
+    across threads, as in the server's batcher)."""
 
     def __init__(self, transport: InProcessTransport) -> None:
         self.transport = transport
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inprocess")
 
     async def send(self, request: dict[str, Any]) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.transport.send, request)
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self.transport.send, request)
 
     async def aclose(self) -> None:
+        self._worker.shutdown(wait=True)
         self.transport.close()

@@ -53,6 +53,7 @@ class GenerationEngine:
         self.encoder = Encoder(tokenizer, template, max_length=max_length)
         self.defaults = {"max_new_tokens": 256, "do_sample": False, **(defaults or {})}
         self._lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
         self._prefix: PrefixCache | None = None
 
     @classmethod
@@ -98,7 +99,8 @@ class GenerationEngine:
             else:
                 raise TemplateError(f"this template needs the columns {columns}; pass a dict, not a string")
         if isinstance(source, Mapping) or (isinstance(source, Sequence) and not isinstance(source, str)):
-            return self.encoder.encode_prompt(source)
+            with self._tokenizer_lock:  # a fast tokenizer keeps per-call options as shared state: one thread at a time
+                return self.encoder.encode_prompt(source)
         raise TemplateError(f"cannot build a prompt from {type(source).__name__}; pass a string, a dict of "
                             "columns or a list of chat messages")
 
