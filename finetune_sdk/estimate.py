@@ -53,12 +53,13 @@ class TrainingEstimate:
     method: str  # "probe" or "table"
     setup_seconds: float
     train_seconds: float
+    eval_seconds: float = 0.0
     price_per_hour: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_seconds(self) -> float:
-        return self.setup_seconds + self.train_seconds
+        return self.setup_seconds + self.train_seconds + self.eval_seconds
 
     @property
     def dollars(self) -> float | None:
@@ -68,8 +69,9 @@ class TrainingEstimate:
         out = [f"training data: {self.examples} examples, {self.real_tokens_per_epoch:,} tokens per epoch "
                f"({self.trained_tokens_per_epoch:,} trained), {self.padded_tokens_per_epoch:,} with padding",
                f"steps: {self.steps} ({self.epochs:.3g} epochs)",
-               f"time on {self.where} ({self.method}): {_duration(self.train_seconds)} training + "
-               f"{_duration(self.setup_seconds)} setup = {_duration(self.total_seconds)}"]
+               f"time on {self.where} ({self.method}): {_duration(self.train_seconds)} training steps + "
+               f"{_duration(self.eval_seconds)} evaluation + {_duration(self.setup_seconds)} setup = "
+               f"{_duration(self.total_seconds)}"]
         if self.dollars is not None:
             out.append(f"cost: ${self.dollars:.2f} at ${self.price_per_hour:.3f}/hour ({PRICES_AS_OF} unless overridden)")
         return out
@@ -184,7 +186,7 @@ def _duration(seconds: float) -> str:
 
 def estimate_job(spec: Any, train_rows: Sequence[Mapping[str, Any]], eval_rows: Sequence[Mapping[str, Any]], *,
                  where: str | None = None, throughput: Any = None, prices: Mapping[str, float] | None = None,
-                 probe_steps: int = 4, serving_instance: str | None = None, requests_per_second: Any = None,
+                 probe_steps: int = 6, serving_instance: str | None = None, requests_per_second: Any = None,
                  api_price_per_million: tuple[float, float] | None = None) -> Estimate:
     """Tokenize the job's rows, then predict its time (probe or table) and price; optionally serving cost.
 
@@ -195,7 +197,7 @@ def estimate_job(spec: Any, train_rows: Sequence[Mapping[str, Any]], eval_rows: 
     from .errors import EmptyDatasetError
     from .models import load_tokenizer, resolve_model
     from .template import PromptTemplate
-    from .train.batching import epoch_batches
+    from .train.batching import epoch_batches, sorted_padded_tokens
 
     ref = resolve_model(spec.model, spec.revision)
     tokenizer = load_tokenizer(ref, trust_remote_code=spec.trust_remote_code)
@@ -220,12 +222,14 @@ def estimate_job(spec: Any, train_rows: Sequence[Mapping[str, Any]], eval_rows: 
         from .train.probe import probe
 
         t = probe(spec, ref, examples, first_epoch, eval_examples, tokenizer.pad_token_id, probe_steps)
-        eval_tokens = sum(len(e.input_ids) for e in eval_examples)
         micro = min(s.grad_accum, len(first_epoch))
-        training.train_seconds = (sum(t.step_fixed_seconds * micro + t.step_seconds_per_token * padded
-                                      for _, padded in sizes)
-                                  + (steps // steps_per_epoch) * t.eval_seconds_per_token * eval_tokens)
-        training.setup_seconds = t.load_seconds + (t.cache_seconds_per_token or 0.0) * sum(lengths)
+        training.train_seconds = sum(t.step_fixed_seconds * micro + t.step_seconds_per_token * padded
+                                     for _, padded in sizes)
+        evals = max(1, steps // steps_per_epoch) if eval_examples else 0
+        training.eval_seconds = evals * t.eval_seconds_per_token * sorted_padded_tokens(
+            [len(e.input_ids) for e in eval_examples])
+        cached = lengths + [len(e.input_ids) for e in eval_examples]
+        training.setup_seconds = t.load_seconds + (t.cache_seconds_per_token or 0.0) * sorted_padded_tokens(cached)
         training.where, training.method = f"this machine ({t.device})", f"probe of {t.steps_timed} steps"
         training.details = {"probe": t.__dict__}
     else:

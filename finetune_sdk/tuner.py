@@ -156,7 +156,7 @@ class FineTuner:
         return resolve(DEPLOYERS, deployer, "deployer").deploy(self.artifact, **options)
 
     def estimate(self, where: str | None = None, *, throughput: Any = None, prices: Mapping[str, float] | None = None,
-                 probe_steps: int = 4, serving_instance: str | None = None, requests_per_second: Any = None,
+                 probe_steps: int = 6, serving_instance: str | None = None, requests_per_second: Any = None,
                  api_price_per_million: tuple[float, float] | None = None) -> "Estimate":
         """Tokens, steps, wall time and dollars of :meth:`train` before running it (see :mod:`finetune_sdk.estimate`).
 

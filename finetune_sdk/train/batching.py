@@ -49,3 +49,9 @@ def padding_efficiency(examples: Sequence[Encoded], batches: Sequence[Sequence[i
     real = sum(len(examples[i].input_ids) for b in batches for i in b)
     total = sum(len(b) * max(len(examples[i].input_ids) for i in b) for b in batches)
     return real / total if total else 1.0
+
+
+def sorted_padded_tokens(lengths: Sequence[int], batch_size: int = 16) -> int:
+    """Tokens with padding when rows are sorted by length and cut into batches (evaluation, the frozen-layer cache)."""
+    ordered = sorted(lengths)
+    return sum(len(chunk) * chunk[-1] for chunk in (ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)))

@@ -1,8 +1,11 @@
 """Time a few real training steps of a job on this machine, to extrapolate the whole run from.
 
 The probe runs the training program's own pieces (model load, LoRA wrapping, frozen-layer cache,
-completion loss, AdamW step) on a handful of the job's batches, picked across the range of batch
-sizes in tokens, and fits ``seconds = fixed + per_token * padded_tokens`` to them. Nothing is saved.
+completion loss, the program's AdamW, evaluation) on a handful of the job's batches, picked across
+the range of batch sizes in tokens, and fits ``seconds = fixed + per_token * padded_tokens`` to them.
+Each piece runs once untimed first: a CPU's first pass over new, larger tensors (fresh memory pages,
+kernel selection) is several times slower than the steady state the real run spends its time in.
+Nothing is saved.
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ import torch
 
 from ..encoding import Encoded
 from ..spec import JobSpec
-from .batching import collate
+from .batching import collate, sorted_padded_tokens
 from .frozen_cache import FrozenLayerCache
 from .loss import completion_loss
-from .program import _autocast, _load_for_method, _to, evaluate_loss, pick_device, pick_dtype, prepare_model
+from .program import (_autocast, _load_for_method, _to, eval_order, evaluate_loss, make_optimizer, pick_device,
+                      pick_dtype, prepare_model)
+
+EVAL_SAMPLE = 16
 
 
 @dataclass
 class ProbeTimings:
-    """What one probe measured; every rate is seconds on the probing device."""
+    """What one probe measured: seconds on the probing device, rates per padded token."""
 
     device: str
     load_seconds: float
@@ -36,61 +42,82 @@ class ProbeTimings:
 
 def probe(spec: JobSpec, ref: object, examples: Sequence[Encoded], batches: Sequence[Sequence[int]],
           eval_examples: Sequence[Encoded], pad_id: int, steps: int = 6) -> ProbeTimings:
-    """Run one warm-up step and ``steps`` timed steps on batches spread over ``batches``' token sizes."""
+    """Warm up on the largest batch, then time ``steps`` batches spread over ``batches``' token sizes."""
     device = pick_device(spec.training.device)
     dtype = pick_dtype(spec.training.dtype, device)
     started = _clock(device)
     model = prepare_model(spec, _load_for_method(spec, ref, dtype, device))
     model.train()
     load_seconds = _clock(device) - started
-    chosen = _spread(batches, examples, steps + 1)
+
+    chosen = _spread(batches, examples, steps)
     used = sorted({i for b in chosen for i in b})
     local = {i: k for k, i in enumerate(used)}
-    subset = [examples[i] for i in used]
+    order = eval_order(eval_examples)
+    sample = [eval_examples[i] for i in order[::max(1, len(order) // EVAL_SAMPLE)][:EVAL_SAMPLE]]
+    subset = [examples[i] for i in used] + sample
     cache, cache_rate = _build_cache(spec, model, subset, device)
+
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.training.learning_rate)
+    optimizer = make_optimizer(params, spec.training, device)
     times, sizes = [], []
-    for batch_idx in chosen:
-        idx = [local[i] for i in batch_idx]
+    for k, batch_idx in enumerate([max(chosen, key=lambda b: _padded(b, examples))] + chosen):
         began = _clock(device)
-        batch = _to(collate([subset[i] for i in idx], pad_id), device)
-        with _autocast(device, dtype):
-            hidden = cache.forward(cache.batch_hidden(idx, batch["input_ids"].shape[1], device),
-                                   batch["attention_mask"]) if cache else None
-            loss, n = completion_loss(model, batch, prompt_loss_weight=spec.training.prompt_loss_weight, hidden=hidden)
-        (loss / max(n, 1)).backward()
-        torch.nn.utils.clip_grad_norm_(params, spec.training.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(_clock(device) - began)
-        sizes.append(batch["input_ids"].numel())
-    fixed, per_token = _fit(times[1:], sizes[1:])  # the first step warms up
-    sample = list(eval_examples[:8])
-    began = _clock(device)
-    evaluate_loss(model, sample, pad_id, device, dtype)
-    eval_rate = (_clock(device) - began) / max(1, sum(len(e.input_ids) for e in sample))
-    return ProbeTimings(str(device), load_seconds, fixed, per_token, cache_rate, eval_rate, len(times) - 1)
+        size = _step(spec, model, cache, [subset[local[i]] for i in batch_idx], [local[i] for i in batch_idx],
+                     params, optimizer, pad_id, device, dtype)
+        if k:  # the first pass warms up
+            times.append(_clock(device) - began)
+            sizes.append(size)
+    fixed, per_token = _fit(times, sizes)
+
+    eval_rate = 0.0
+    if sample:
+        evaluate_loss(model, sample[:2], pad_id, device, dtype, cache=cache, cache_offset=len(used))
+        began = _clock(device)
+        evaluate_loss(model, sample, pad_id, device, dtype, cache=cache, cache_offset=len(used))
+        eval_rate = (_clock(device) - began) / sorted_padded_tokens([len(e.input_ids) for e in sample])
+    return ProbeTimings(str(device), load_seconds, fixed, per_token, cache_rate, eval_rate, len(times))
+
+
+def _step(spec: JobSpec, model: object, cache: FrozenLayerCache | None, batch_examples: list[Encoded],
+          cache_idx: list[int], params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, pad_id: int,
+          device: torch.device, dtype: torch.dtype) -> int:
+    """One optimizer step on one batch, as the program runs it; returns its padded tokens."""
+    batch = _to(collate(batch_examples, pad_id), device)
+    with _autocast(device, dtype):
+        hidden = cache.forward(cache.batch_hidden(cache_idx, batch["input_ids"].shape[1], device),
+                               batch["attention_mask"]) if cache else None
+        loss, n = completion_loss(model, batch, prompt_loss_weight=spec.training.prompt_loss_weight, hidden=hidden)
+    (loss / max(n, 1)).backward()
+    torch.nn.utils.clip_grad_norm_(params, spec.training.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return batch["input_ids"].numel()
 
 
 def _build_cache(spec: JobSpec, model: object, examples: list[Encoded],
                  device: torch.device) -> tuple[FrozenLayerCache | None, float | None]:
+    """The frozen-layer cache over ``examples`` and its seconds per padded token (None without a cache)."""
     first = min(spec.lora.layers) if spec.method != "full" and spec.lora.layers else 0
     if first == 0 or not spec.training.cache_frozen_layers:
         return None, None
     cache = FrozenLayerCache(model, first)
+    cache.build(examples[-2:], device)  # warm-up
     began = _clock(device)
     cache.build(examples, device)
-    return cache, (_clock(device) - began) / sum(len(e.input_ids) for e in examples)
+    return cache, (_clock(device) - began) / sorted_padded_tokens([len(e.input_ids) for e in examples])
+
+
+def _padded(batch: Sequence[int], examples: Sequence[Encoded]) -> int:
+    return len(batch) * max(len(examples[i].input_ids) for i in batch)
 
 
 def _spread(batches: Sequence[Sequence[int]], examples: Sequence[Encoded], count: int) -> list[list[int]]:
-    """``count`` batches at evenly spaced ranks of padded size (the median first, as the warm-up)."""
-    ranked = sorted(batches, key=lambda b: len(b) * max(len(examples[i].input_ids) for i in b))
+    """``count`` batches at evenly spaced ranks of padded size, smallest to largest."""
+    ranked = sorted(batches, key=lambda b: _padded(b, examples))
     if len(ranked) <= count:
         return [list(b) for b in ranked]
-    picks = [round(k * (len(ranked) - 1) / (count - 2)) for k in range(count - 1)]
-    return [list(ranked[len(ranked) // 2])] + [list(ranked[p]) for p in picks]
+    return [list(ranked[round(k * (len(ranked) - 1) / max(1, count - 1))]) for k in range(count)]
 
 
 def _fit(times: list[float], sizes: list[int]) -> tuple[float, float]:

@@ -8,6 +8,7 @@ and ``status.json``; the artifact appears at ``output_dir`` only once it is comp
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -15,7 +16,7 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -25,7 +26,7 @@ from ..data import read_jsonl
 from ..encoding import Encoded, Encoder, encode_dataset
 from ..errors import ConfigError, EmptyDatasetError, MissingDependencyError, TrainingError
 from ..models import load_model, load_tokenizer, resolve_model
-from ..spec import JobSpec
+from ..spec import JobSpec, TrainingSettings
 from ..template import PromptTemplate
 from . import distributed
 from .attention import use_varlen_attention
@@ -153,23 +154,42 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @torch.no_grad()
 def evaluate_loss(model: Any, examples: list[Encoded], pad_id: int, device: torch.device,
-                  dtype: torch.dtype, batch_size: int = 16, ranks: Ranks = Ranks()) -> float | None:
-    """Mean loss per trained token over ``examples`` (None when there are none); processes split the work."""
+                  dtype: torch.dtype, batch_size: int = 16, ranks: Ranks = Ranks(),
+                  cache: FrozenLayerCache | None = None, cache_offset: int = 0) -> float | None:
+    """Mean loss per trained token over ``examples`` (None when there are none); processes split the work.
+
+    With a frozen-layer ``cache`` holding ``examples`` from index ``cache_offset``, only the adapted
+    layers run.
+    """
     if not examples:
         return None
     was_training = model.training
     model.eval()
-    order = ranks.share(sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids)))
+    order = ranks.share(eval_order(examples))
     total, count = 0.0, 0
     for start in range(0, len(order), batch_size):
-        batch = _to(collate([examples[i] for i in order[start:start + batch_size]], pad_id), device)
+        idx = order[start:start + batch_size]
+        batch = _to(collate([examples[i] for i in idx], pad_id), device)
         with _autocast(device, dtype):
-            loss, n = completion_loss(model, batch)
+            hidden = (cache.forward(cache.batch_hidden([cache_offset + i for i in idx], batch["input_ids"].shape[1],
+                                                       device), batch["attention_mask"]) if cache else None)
+            loss, n = completion_loss(model, batch, hidden=hidden)
         total += float(loss)
         count += n
     model.train(was_training)
     total, count = distributed.sum_values([total, count], ranks, device)
     return total / max(count, 1)
+
+
+def eval_order(examples: Sequence[Encoded]) -> list[int]:
+    """Evaluation (and frozen-layer cache) order: by length, so batches of neighbours pad little."""
+    return sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+
+
+def make_optimizer(params: list[torch.nn.Parameter], settings: TrainingSettings, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as the program runs it: fused kernels on CUDA and CPU."""
+    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                             fused=device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params))
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -224,8 +244,7 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     distributed.sync_parameters(params, ranks)
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
-                                  fused=device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params))
+    optimizer = make_optimizer(params, settings, device)
     lengths = [len(e.input_ids) for e in train_examples]
     groups_per_epoch = math.ceil(math.ceil(len(lengths) / settings.batch_size) / settings.grad_accum)
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * groups_per_epoch))
@@ -247,7 +266,10 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
 
     # -- train ---------------------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id
-    cache = None if settings.packing == "packed" else _frozen_layer_cache(spec, model, train_examples, pad_id, device, log)
+    cache = (None if settings.packing == "packed"
+             else _frozen_layer_cache(spec, model, train_examples + eval_examples, pad_id, device, log))
+    evaluate = functools.partial(evaluate_loss, model, eval_examples, pad_id, device, dtype, ranks=ranks,
+                                 cache=cache, cache_offset=len(train_examples))
     packed = settings.packing == "packed" or (settings.packing == "auto" and device.type == "cuda" and cache is None)
     budget = None
     if packed:
@@ -299,7 +321,7 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
                 log.event("checkpoint", step=state.step, path=str(path))
         if state.group_in_epoch >= len(groups):
             eval_started = time.perf_counter()
-            eval_loss = evaluate_loss(model, eval_examples, pad_id, device, dtype, ranks=ranks)
+            eval_loss = evaluate()
             eval_seconds += time.perf_counter() - eval_started
             eval_history.append({"epoch": state.epoch + 1, "step": state.step, "eval_loss": eval_loss})
             log.event("epoch_end", epoch=state.epoch + 1, step=state.step, eval_loss=eval_loss,
@@ -308,8 +330,7 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
             state.group_in_epoch = 0
     bar.close()
     train_seconds = time.perf_counter() - started - eval_seconds
-    final_eval = eval_history[-1]["eval_loss"] if eval_history else evaluate_loss(
-        model, eval_examples, pad_id, device, dtype, ranks=ranks)
+    final_eval = eval_history[-1]["eval_loss"] if eval_history else evaluate()
     real_tokens, padded_tokens = (int(v) for v in distributed.sum_values([real_tokens, padded_tokens], ranks, device))
     if not ranks.is_main:
         return Path(spec.output_dir)

@@ -126,20 +126,22 @@ def test_lora_on_chosen_layers_only_and_prompt_loss_weight(tiny_model_dir, tmp_p
 
 
 def test_frozen_layer_cache_gives_the_same_adapter(tiny_model_dir, tmp_path, counsel_rows):
-    """LoRA on the top layer only: caching the frozen layer's outputs changes speed, not results."""
+    """LoRA on the top layer only: caching the frozen layer's outputs changes speed, not results (the
+    evaluation runs from the cache too)."""
     from safetensors.torch import load_file
 
     def train(name, cache):
-        tuner = FineTuner(str(tiny_model_dir), counsel_rows[:32], COUNSEL, output_dir=tmp_path / name,
-                          eval_fraction=0, backend=LocalBackend(in_process=True), lora={"layers": [1]},
+        tuner = FineTuner(str(tiny_model_dir), counsel_rows[:40], COUNSEL, output_dir=tmp_path / name,
+                          eval_fraction=0.2, backend=LocalBackend(in_process=True), lora={"layers": [1]},
                           training=TrainingSettings(max_steps=3, batch_size=8, cache_frozen_layers=cache,
                                                     progress=False))
         artifact = tuner.train()
-        return load_file(artifact.path / "adapter_model.safetensors"), [e["event"] for e in tuner.backend.list_events(
-            str((tmp_path / f"{name}.work").resolve()))]
+        return (load_file(artifact.path / "adapter_model.safetensors"), artifact.metrics["eval_loss"],
+                [e["event"] for e in tuner.backend.list_events(str((tmp_path / f"{name}.work").resolve()))])
 
-    cached, events = train("cached", True)
-    plain, plain_events = train("plain", False)
+    cached, cached_eval, events = train("cached", True)
+    plain, plain_eval, plain_events = train("plain", False)
     assert "frozen_layer_cache" in events and "frozen_layer_cache" not in plain_events
+    assert cached_eval == pytest.approx(plain_eval, rel=1e-4)
     for key in plain:
         torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-5)
