@@ -30,6 +30,9 @@ COUNSEL_TEMPLATE = PromptTemplate.chat(
 DEMO_LORA = LoraSettings(r=16, alpha=32, layers=list(range(15, 30)))
 #: Replies are one sentence; 24 new tokens leave room for it and its end-of-turn token.
 MAX_NEW_TOKENS = 24
+#: Questions per generation batch: decode steps cost about the same for 8 rows or 32, so fewer, fuller
+#: batches finish the held-out split sooner.
+EVAL_BATCH = 32
 #: The tuned model must name the right topic at least 20 points more often than the base model.
 DEMO_GATE = {"label_accuracy": 0.20}
 
@@ -53,13 +56,15 @@ def run_demo(output_dir: str | Path = "runs/demo", *, epochs: float = 3.0, learn
     print("\nestimating (timing a few real training steps) ...")
     estimate = tuner.estimate()
     print(estimate)
-    base = tuner.evaluate("base", label_column="topic", max_new_tokens=MAX_NEW_TOKENS)
+    base = tuner.evaluate("base", label_column="topic", max_new_tokens=MAX_NEW_TOKENS,
+                           batch_size=EVAL_BATCH)
 
     print("\ntraining ...")
     train_started = time.perf_counter()
     artifact = tuner.train()
     job_seconds = time.perf_counter() - train_started
-    tuned = tuner.evaluate(artifact, label_column="topic", max_new_tokens=MAX_NEW_TOKENS)
+    tuned = tuner.evaluate(artifact, label_column="topic", max_new_tokens=MAX_NEW_TOKENS,
+                           batch_size=EVAL_BATCH)
     comparison = compare(base, tuned, gate=DEMO_GATE)
     for row, b, a in list(zip(held_out, base.records, tuned.records))[:show]:
         print(f"\nQ: {row['questionText'][:160]}{'...' if len(row['questionText']) > 160 else ''}")

@@ -281,6 +281,7 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
     eval_history: list[dict[str, Any]] = []
     started = time.perf_counter()
     eval_seconds = 0.0  # not training time: left out of the throughput
+    first_step: dict[str, float] = {}  # the warm-up step's cost, for throughput without it
     bar = _progress(total_steps, state.step, enabled=settings.progress and ranks.is_main)
     while state.step < total_steps:
         batches = epoch_batches(lengths, settings.batch_size, spec.seed, state.epoch)
@@ -314,6 +315,8 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
             state.group_in_epoch = g + 1
             losses.append(step_loss)
             elapsed = time.perf_counter() - started - eval_seconds
+            if not first_step:
+                first_step = {"seconds": round(elapsed, 3), "real_tokens": real_tokens}
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{real_tokens / max(elapsed, 1e-9):.0f}", epoch=state.epoch)
             if state.step % settings.save_every == 0 and state.step < total_steps and ranks.is_main:
@@ -344,6 +347,7 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
         "train_seconds": round(train_seconds, 2),
         "real_tokens": real_tokens,
         "real_tokens_per_second": round(real_tokens / max(train_seconds, 1e-9), 1),
+        "first_step": first_step,
         "padding_efficiency": round(real_tokens / max(padded_tokens, 1), 4),
         "expected_padding_efficiency": round(padding_efficiency(
             train_examples, epoch_batches(lengths, settings.batch_size, spec.seed, 0)), 4),

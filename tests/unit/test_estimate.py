@@ -22,6 +22,8 @@ def test_steps_and_tokens_are_exactly_what_training_runs(tiny_model_dir, tmp_pat
     assert est.steps == metrics["steps"] == total_steps(30, 4, 2, 1.5, None) == 6
     real_tokens = est.train_seconds * 1000.0  # table mode: seconds = real tokens / throughput
     assert real_tokens == pytest.approx(metrics["real_tokens"])
+    first = metrics["first_step"]  # the warm-up step, which benchmarks leave out of steady-state throughput
+    assert 0 < first["seconds"] <= metrics["train_seconds"] and 0 < first["real_tokens"] < metrics["real_tokens"]
     assert est.examples == 30 and est.trained_tokens_per_epoch < est.real_tokens_per_epoch <= est.padded_tokens_per_epoch
     assert est.price_per_hour == SAGEMAKER_PRICES["ml.g5.xlarge"]
     assert est.dollars == pytest.approx(est.price_per_hour * est.total_seconds / 3600)
