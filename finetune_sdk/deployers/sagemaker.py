@@ -2,10 +2,12 @@
 
 ``deploy`` packs ``model.tar.gz`` (the artifact, its base model when that is a local folder, and
 ``code/inference.py`` with the SDK's source and ``requirements.txt``), uploads it, creates the model,
-endpoint config and endpoint, and waits for InService. With ``container="tgi"`` the tarball holds the
-merged model instead and Text Generation Inference serves it; the Predictor then renders prompts itself. If the endpoint fails or does not come up in
+endpoint config and endpoint, and waits for InService. If the endpoint fails or does not come up in
 time, all three are deleted again. The Predictor it returns deletes the endpoint when closed, as the
 local deployer's Predictor stops its server; pass ``delete_on_close=False`` to keep it running.
+
+With ``container="tgi"`` the tarball holds the merged model instead, Text Generation Inference serves
+it, and the Predictor renders prompts itself (:mod:`finetune_sdk.predict.tgi`).
 """
 
 from __future__ import annotations
