@@ -109,16 +109,24 @@ class Encoder:
 
     def encode_prompt(self, source: Mapping[str, Any] | Sequence[Mapping[str, str]]) -> list[int]:
         """Prompt ids for inference: a row of template columns, or a list of chat messages."""
+        ids, _ = self._tokenize(self._prompt_pieces(source), bos=True)
+        return ids
+
+    def prompt_text(self, source: Mapping[str, Any] | Sequence[Mapping[str, str]]) -> str:
+        """The inference prompt as text, for a server that tokenizes it itself with special tokens on (TGI):
+        the tokenizer's own prefix (e.g. BOS) is left out, because that server adds it."""
+        text = "".join(piece.text for piece in self._prompt_pieces(source))
+        prefix = self.tokenizer.decode(_special_prefix(self.tokenizer))
+        return text[len(prefix):] if prefix and text.startswith(prefix) else text
+
+    def _prompt_pieces(self, source: Mapping[str, Any] | Sequence[Mapping[str, str]]) -> list[_Piece]:
         if self.template.kind == "plain":
             if not isinstance(source, Mapping):
                 raise TemplateError("a plain template takes a row of columns, not chat messages")
-            pieces = [_Piece(self.template.prompt_text(source), True, False)]
-        else:
-            messages = (list(source) if not isinstance(source, Mapping)
-                        else self.template.conversation(source, with_completion=False))
-            pieces = self._chat_pieces(messages, add_generation_prompt=True)
-        ids, _ = self._tokenize(pieces, bos=True)
-        return ids
+            return [_Piece(self.template.prompt_text(source), True, False)]
+        messages = (list(source) if not isinstance(source, Mapping)
+                    else self.template.conversation(source, with_completion=False))
+        return self._chat_pieces(messages, add_generation_prompt=True)
 
     # -- pieces ----------------------------------------------------------------------------------
     def _pieces(self, row: Mapping[str, Any]) -> list[_Piece]:

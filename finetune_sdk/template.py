@@ -124,6 +124,23 @@ class PromptTemplate:
             messages.append({"role": "assistant", "content": _fill(self.assistant or "", row)})
         return messages
 
+    def prompt_source(self, value: Any) -> Mapping[str, Any] | list[Mapping[str, str]]:
+        """What a Predictor input means here: a string fills the one prompt column (a user message for a
+        messages template); a dict of columns and a list of chat messages are taken as they are."""
+        if isinstance(value, str):
+            columns = self.prompt_columns
+            if self.kind == "messages":
+                return [{"role": "user", "content": value}]
+            if len(columns) == 1:
+                return {columns[0]: value}
+            raise TemplateError(f"this template needs the columns {columns}; pass a dict, not a string")
+        if isinstance(value, Mapping):
+            return value
+        if isinstance(value, Sequence):
+            return list(value)
+        raise TemplateError(f"cannot build a prompt from {type(value).__name__}; pass a string, a dict of "
+                            "columns or a list of chat messages")
+
     def prompt_text(self, row: Mapping[str, Any]) -> str:
         """The prompt of a plain template."""
         return _fill(self.prompt or "", row)

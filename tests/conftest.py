@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +67,19 @@ def tiny_engine(tiny_model_dir, smol_tokenizer):
 
     return GenerationEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), smol_tokenizer, COUNSEL,
                             max_length=128)
+
+
+def fake_opt_ml(opt: Path, tuner: Any, model_dir: Path) -> dict[str, str]:
+    """An /opt/ml layout holding what the SageMaker backend uploads for ``tuner`` (channels, spec), and the
+    SM_* variables a training container gets for it (one host, no GPU)."""
+    for channel, rows in (("train", tuner.train_rows), ("eval", tuner.eval_rows)):
+        folder = opt / "input" / "data" / channel
+        folder.mkdir(parents=True)
+        (folder / f"{channel}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    shutil.copytree(model_dir, opt / "input" / "data" / "model")
+    (opt / "code").mkdir()
+    tuner.spec().save(opt / "code" / "finetune_sdk_spec.json")
+    return {"SM_MODEL_DIR": str(opt / "model"), "SM_OUTPUT_DATA_DIR": str(opt / "output" / "data"),
+            "SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1", "SM_NUM_GPUS": "0", "SM_HPS": "{}",
+            "FINETUNE_SDK_CHECKPOINT_DIR": str(opt / "checkpoints"),
+            **{f"SM_CHANNEL_{c.upper()}": str(opt / "input" / "data" / c) for c in ("train", "eval", "model")}}

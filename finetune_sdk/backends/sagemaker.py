@@ -181,9 +181,16 @@ class SageMakerBackend:
 
 def training_request(*, name: str, settings: SageMakerSettings, role: str, image: str, region: str,
                      channels: dict[str, str], sourcedir: str, output: str, checkpoints: str) -> dict[str, Any]:
-    """The CreateTrainingJob request: script mode in a Hugging Face training container."""
+    """The CreateTrainingJob request: script mode in a Hugging Face training container.
+
+    Several instances also carry ``sagemaker_torch_distributed_enabled``, as the SageMaker Python SDK's
+    ``distribution={"torch_distributed": ...}`` does; the entry script starts torchrun itself when the
+    container's toolkit has not (see finetune_sdk/train/container.py).
+    """
     hyperparameters = {"spec": SPEC_FILE, "sagemaker_program": ENTRY_FILE, "sagemaker_submit_directory": sourcedir,
                        "sagemaker_region": region, "sagemaker_container_log_level": 20, "sagemaker_job_name": name}
+    if settings.instance_count > 1:
+        hyperparameters.update(sagemaker_torch_distributed_enabled=True, sagemaker_instance_type=settings.instance_type)
     request: dict[str, Any] = {
         "TrainingJobName": name,
         "RoleArn": role,

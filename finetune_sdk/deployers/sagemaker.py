@@ -5,6 +5,9 @@
 endpoint config and endpoint, and waits for InService. If the endpoint fails or does not come up in
 time, all three are deleted again. The Predictor it returns deletes the endpoint when closed, as the
 local deployer's Predictor stops its server; pass ``delete_on_close=False`` to keep it running.
+
+With ``container="tgi"`` the tarball holds the merged model instead, Text Generation Inference serves
+it, and the Predictor renders prompts itself (:mod:`finetune_sdk.predict.tgi`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ..models import resolve_model
 from ..predict import Predictor
 from ..predict.retry import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from ..predict.sagemaker import SageMakerTransport
+from ..predict.tgi import TgiTransport
 from ..sagemaker.clients import AwsClients, aws_errors, split_s3_uri
 from ..sagemaker import images
 from ..sagemaker.settings import SageMakerSettings, check_instance_type, unique_name
@@ -30,6 +34,8 @@ from ..sagemaker.tarball import pack, sdk_source
 DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"
 SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+CONTAINERS = ("huggingface", "tgi")
+TGI_GENERATION_ROOM = 1024  # MAX_TOTAL_TOKENS = the training max_length + this many new tokens
 
 
 class SageMakerDeployer:
@@ -49,17 +55,24 @@ class SageMakerDeployer:
                instance_type: str = DEFAULT_INSTANCE_TYPE, instance_count: int = 1,
                serverless: dict[str, int] | None = None, image_uri: str | None = None, use_merged: bool = False,
                volume_size_gb: int | None = None, startup_timeout_s: int | None = None,
+               container: str = "huggingface", environment: dict[str, str] | None = None,
                wait_timeout_s: float = 1800, poll_s: float = 15, delete_on_close: bool = True,
                timeout: float = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
                sleep: Callable[[float], None] = time.sleep) -> Predictor:
-        """Create an endpoint serving ``artifact``, wait until it is InService and return its Predictor."""
+        """Create an endpoint serving ``artifact``, wait until it is InService and return its Predictor.
+
+        ``container``: ``"huggingface"`` (the SDK's handler in the Hugging Face inference DLC) or ``"tgi"``
+        (Text Generation Inference serving the merged model); ``environment`` adds to or overrides the
+        container's variables (e.g. ``{"SM_NUM_GPUS": "4"}`` for TGI on a 4-GPU instance).
+        """
         artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         name = endpoint_name or unique_name(Path(artifact.base_model).name)
         config = self._create_model_and_config(artifact, Path(artifact.base_model).name, instance_type=instance_type,
                                                instance_count=instance_count, serverless=serverless,
                                                image_uri=image_uri, use_merged=use_merged,
                                                volume_size_gb=volume_size_gb,
-                                               startup_timeout_s=startup_timeout_s)
+                                               startup_timeout_s=startup_timeout_s, container=container,
+                                               environment=environment)
         sm = self.clients.client("sagemaker")
         try:
             with aws_errors(f"create the endpoint {name}"):
@@ -75,7 +88,7 @@ class SageMakerDeployer:
         transport = SageMakerTransport(name, region=self.clients.region, endpoint_url=self.settings.endpoint_url,
                                        timeout=timeout, max_retries=max_retries,
                                        on_close=(lambda: self.delete(name)) if delete_on_close else None)
-        return Predictor(transport)
+        return Predictor(TgiTransport.for_artifact(transport, artifact) if container == "tgi" else transport)
 
     def update(self, endpoint_name: str, artifact: Artifact | str | Path, *, wait_timeout_s: float = 1800,
                poll_s: float = 15, sleep: Callable[[float], None] = time.sleep, **options: Any) -> None:
@@ -86,7 +99,8 @@ class SageMakerDeployer:
             old_config = sm.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
         config = self._create_model_and_config(artifact, Path(artifact.base_model).name, **{
             "instance_type": DEFAULT_INSTANCE_TYPE, "instance_count": 1, "serverless": None, "image_uri": None,
-            "use_merged": False, "volume_size_gb": None, "startup_timeout_s": None, **options})
+            "use_merged": False, "volume_size_gb": None, "startup_timeout_s": None, "container": "huggingface",
+            "environment": None, **options})
         try:
             with aws_errors(f"update the endpoint {endpoint_name}"):
                 sm.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=config)
@@ -128,19 +142,29 @@ class SageMakerDeployer:
     # -- building blocks --------------------------------------------------------------------------
     def _create_model_and_config(self, artifact: Artifact, stem: str, *, instance_type: str, instance_count: int,
                                  serverless: dict[str, int] | None, image_uri: str | None, use_merged: bool,
-                                 volume_size_gb: int | None, startup_timeout_s: int | None) -> str:
+                                 volume_size_gb: int | None, startup_timeout_s: int | None, container: str,
+                                 environment: dict[str, str] | None) -> str:
         """Check the options, upload model.tar.gz, create the model and endpoint config; return their name."""
         s = self.settings
+        if container not in CONTAINERS:
+            raise ConfigError(f"container={container!r}; use 'huggingface' (the SDK's handler in the Hugging Face "
+                              "inference container) or 'tgi' (Text Generation Inference, serving the merged model)")
+        tgi = container == "tgi"
         variant_options = _variant_options(instance_type, instance_count, serverless, volume_size_gb)
         role = s.require_role()
         clients = self.clients
         clients.check_credentials()
-        image = image_uri or images.image_uri(images.INFERENCE_IMAGE, clients.region)
+        image = image_uri or images.image_uri(images.TGI_IMAGE if tgi else images.INFERENCE_IMAGE, clients.region)
+        env = tgi_environment(artifact) if tgi else {"SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                                                     "SAGEMAKER_REGION": clients.region,
+                                                     "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+        env.update(environment or {})
         bucket = s.bucket or clients.default_bucket()
         name = unique_name(stem)
         key = f"{s.prefix}/endpoints/{name}/model.tar.gz".lstrip("/")
         with tempfile.TemporaryDirectory(prefix="finetune-sdk-model-") as tmp:
-            archive = pack_model(artifact, Path(tmp), use_merged=use_merged)
+            archive = pack_merged_model(artifact, Path(tmp)) if tgi else pack_model(artifact, Path(tmp),
+                                                                                      use_merged=use_merged)
             size_gb = archive.stat().st_size / 1e9
             model_data = clients.upload(archive, bucket, key)
         if serverless is None:
@@ -152,9 +176,7 @@ class SageMakerDeployer:
         try:
             with aws_errors(f"create the model {name}"):
                 sm.create_model(ModelName=name, ExecutionRoleArn=role, Tags=self._tags(),
-                                PrimaryContainer={"Image": image, "ModelDataUrl": model_data, "Environment": {
-                                    "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": clients.region,
-                                    "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}},
+                                PrimaryContainer={"Image": image, "ModelDataUrl": model_data, "Environment": env},
                                 **({"VpcConfig": {"Subnets": s.subnets, "SecurityGroupIds": s.security_group_ids}}
                                    if s.subnets else {}))
             created_model = True
@@ -220,6 +242,31 @@ def pack_model(artifact: Artifact, folder: Path, *, use_merged: bool = False) ->
     if not any(name == MANIFEST for name, _ in entries):
         raise ArtifactError(f"{artifact.path} has no {MANIFEST}")
     return pack(folder / "model.tar.gz", entries)
+
+
+def pack_merged_model(artifact: Artifact, folder: Path) -> Path:
+    """model.tar.gz for TGI: the merged model (a plain Hugging Face model folder) at the root, and the manifest.
+
+    An adapter is merged first with :meth:`Artifact.merge`, which checks the merge against base + adapter.
+    """
+    if artifact.merged_path is None:
+        if not artifact.has_adapter:
+            raise ArtifactError(f"{artifact.path} has neither merged/ nor an adapter to merge; it is damaged")
+        try:
+            artifact.merge()
+        except ConfigError as exc:  # no held-out rows next to the artifact to check the merge on
+            raise ConfigError(f"container='tgi' serves the merged model, checked before it is written: {exc}; "
+                              "or run artifact.merge(prompts=[...]) before deploying") from exc
+    merged = artifact.path / "merged"
+    return pack(folder / "model.tar.gz", [(p.name, p) for p in sorted(merged.iterdir())] +
+                [(MANIFEST, artifact.path / MANIFEST)])
+
+
+def tgi_environment(artifact: Artifact) -> dict[str, str]:
+    """What the TGI container reads: the model in /opt/ml/model, one GPU, prompts up to the training length."""
+    max_input = int(artifact.manifest.get("max_length", 1024))
+    return {"HF_MODEL_ID": "/opt/ml/model", "SM_NUM_GPUS": "1", "MAX_INPUT_TOKENS": str(max_input),
+            "MAX_TOTAL_TOKENS": str(max_input + TGI_GENERATION_ROOM)}
 
 
 def startup_timeout_for(size_gb: float) -> int:

@@ -1,7 +1,8 @@
 """Pinned Hugging Face deep learning containers (DLCs), by region; pass ``image_uri=`` to use another.
 
 The training image brings torch, transformers and accelerate; the job's ``requirements.txt`` adds the
-few packages the SDK needs on top. The inference image runs the toolkit that loads ``code/inference.py``.
+few packages the SDK needs on top. The inference image runs the toolkit that loads ``code/inference.py``;
+the TGI image (Text Generation Inference 3.0.1, the Hugging Face LLM container) serves a merged model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from ..errors import ConfigError
 
 TRAINING_IMAGE = "huggingface-pytorch-training:2.3.0-transformers4.48.0-gpu-py311-cu121-ubuntu20.04"
 INFERENCE_IMAGE = "huggingface-pytorch-inference:2.3.0-transformers4.48.0-gpu-py311-cu121-ubuntu22.04"
+TGI_IMAGE = "huggingface-pytorch-tgi-inference:2.4.0-tgi3.0.1-gpu-py311-cu124-ubuntu22.04-v2.1"
 
 #: The account that publishes the DLCs in each region (most regions share one).
 DLC_ACCOUNTS: dict[str, str] = {

@@ -81,7 +81,8 @@ class SageMakerSettings(BaseModel):
                                                  "sagemaker-{region}-{account}")
     prefix: str = Field("finetune-sdk", description="key prefix inside the bucket")
     instance_type: str = Field("ml.g5.2xlarge", description="training instance type")
-    instance_count: int = Field(1, description="instances per job (the training program uses one)")
+    instance_count: int = Field(1, description="instances per job; with several, or several GPUs per "
+                                                     "instance, training runs data-parallel under torchrun")
     volume_size_gb: int = Field(100, ge=1, le=16384, description="EBS volume per instance")
     max_runtime_s: int = Field(24 * 3600, ge=60, description="SageMaker stops the job after this long")
     spot: bool = Field(False, description="managed spot training (cheaper; may be interrupted and resumed)")
@@ -127,10 +128,9 @@ class SageMakerSettings(BaseModel):
 
     @field_validator("instance_count")
     @classmethod
-    def _one_instance(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError(f"instance_count={value}; the training program runs on one instance (one GPU), so "
-                             "use instance_count=1 and a bigger instance_type for more memory")
+    def _instance_count(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"instance_count={value}; a training job needs at least 1 instance")
         return value
 
     @field_validator("checkpoint_s3_uri")

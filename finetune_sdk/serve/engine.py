@@ -15,7 +15,7 @@ import torch
 
 from ..artifact import Artifact
 from ..encoding import Encoder
-from ..errors import ArtifactError, ConfigError, TemplateError
+from ..errors import ArtifactError, ConfigError
 from ..models import ModelRef, load_model, load_tokenizer, resolve_model
 from ..template import PromptTemplate
 from .decode import DecodeBatch, Generation, PrefixCache, finish, run_all
@@ -90,19 +90,9 @@ class GenerationEngine:
 
     def prompt_ids(self, source: Any) -> list[int]:
         """Prompt ids for a row of template columns, a chat message list, or a plain string."""
-        if isinstance(source, str):
-            columns = self.template.prompt_columns
-            if self.template.kind == "messages":
-                source = [{"role": "user", "content": source}]
-            elif len(columns) == 1:
-                source = {columns[0]: source}
-            else:
-                raise TemplateError(f"this template needs the columns {columns}; pass a dict, not a string")
-        if isinstance(source, Mapping) or (isinstance(source, Sequence) and not isinstance(source, str)):
-            with self._tokenizer_lock:  # a fast tokenizer keeps per-call options as shared state: one thread at a time
-                return self.encoder.encode_prompt(source)
-        raise TemplateError(f"cannot build a prompt from {type(source).__name__}; pass a string, a dict of "
-                            "columns or a list of chat messages")
+        source = self.template.prompt_source(source)
+        with self._tokenizer_lock:  # a fast tokenizer keeps per-call options as shared state: one thread at a time
+            return self.encoder.encode_prompt(source)
 
     def settings(self, parameters: Mapping[str, Any]) -> Settings:
         """Checked generation settings: the engine's defaults overlaid with the request's non-null values."""

@@ -363,6 +363,25 @@ def test_the_example_runs_locally_and_on_sagemaker_with_one_argument_changed(
     assert _resources() == {"endpoints": [], "configs": [], "models": []}
 
 
+def test_a_two_instance_job_asks_for_torch_distributed(aws, tiny_model_dir, counsel_rows, tmp_path):
+    """The request for two instances; what the two containers then do is tested in test_ddp.py."""
+    backend = SageMakerBackend(instance_count=2, instance_type="ml.g5.12xlarge")
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:16], COUNSEL, output_dir=tmp_path / "out", backend=backend)
+    tuner.train(wait=False)
+    job_id = tuner.job.id
+    job = _client("sagemaker").describe_training_job(TrainingJobName=job_id)
+    root = f"s3://sagemaker-{REGION}-{ACCOUNT}/finetune-sdk/{job_id}"
+    assert job["ResourceConfig"] == {"InstanceType": "ml.g5.12xlarge", "InstanceCount": 2, "VolumeSizeInGB": 100}
+    assert {k: json.loads(v) for k, v in job["HyperParameters"].items()} == {
+        "spec": "finetune_sdk_spec.json", "sagemaker_program": "train_entry.py",
+        "sagemaker_submit_directory": f"{root}/source/sourcedir.tar.gz", "sagemaker_region": REGION,
+        "sagemaker_container_log_level": 20, "sagemaker_job_name": job_id,
+        "sagemaker_torch_distributed_enabled": True, "sagemaker_instance_type": "ml.g5.12xlarge"}
+    assert [c["DataSource"]["S3DataSource"]["S3DataDistributionType"] for c in job["InputDataConfig"]] == [
+        "FullyReplicated"] * 3  # every instance gets all the data; each process trains on its share of a step
+    assert job["CheckpointConfig"] == {"S3Uri": f"{root}/checkpoints", "LocalPath": "/opt/ml/checkpoints"}
+
+
 def test_logs_are_read_from_cloudwatch_once_the_container_writes_them(aws):
     backend = SageMakerBackend()
     assert backend.logs("finetune-sdk-job") == []  # no log group before any container has started
@@ -454,4 +473,61 @@ def test_a_serverless_endpoint_and_its_teardown(aws, tmp_path):
             "gpu-py311-cu121-ubuntu22.04")
         assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_MODEL_SERVER_WORKERS"] == "1"
         assert {"Key": "team", "Value": "care"} in sm.list_tags(ResourceArn=endpoint["EndpointArn"])["Tags"]
+    assert _resources() == {"endpoints": [], "configs": [], "models": []}
+
+
+def test_a_tgi_endpoint_serves_the_merged_model(aws, tiny_model_dir, counsel_rows, tmp_path):
+    """container="tgi": the request field by field, model.tar.gz a plain model folder that reproduces base +
+    adapter, and the Predictor sending TGI's payload (moto returns a queued TGI answer; no TGI runs here)."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune_sdk.artifact import Artifact
+    from finetune_sdk.backends.local import LocalBackend
+    from finetune_sdk.merge import verify_merge
+
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:24], COUNSEL, output_dir=tmp_path / "out", max_length=256,
+                      eval_fraction=0.25, backend=LocalBackend(in_process=True),
+                      training=TrainingSettings(max_steps=2, batch_size=8, learning_rate=1e-2, progress=False))
+    artifact = tuner.train()
+    predictor = SageMakerDeployer().deploy(artifact, container="tgi", instance_type="ml.g5.12xlarge", poll_s=1,
+                                           environment={"SM_NUM_GPUS": "4"})
+    sm = _client("sagemaker")
+    endpoint = sm.describe_endpoint(EndpointName=predictor.transport.inner.endpoint_name)
+    variant = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])["ProductionVariants"][0]
+    model = sm.describe_model(ModelName=variant["ModelName"])
+    bucket = f"sagemaker-{REGION}-{ACCOUNT}"
+    assert model["ExecutionRoleArn"] == ROLE
+    assert model["PrimaryContainer"]["Image"] == (
+        "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:"
+        "2.4.0-tgi3.0.1-gpu-py311-cu124-ubuntu22.04-v2.1")
+    assert model["PrimaryContainer"]["ModelDataUrl"] == (
+        f"s3://{bucket}/finetune-sdk/endpoints/{variant['ModelName']}/model.tar.gz")
+    assert model["PrimaryContainer"]["Environment"] == {
+        "HF_MODEL_ID": "/opt/ml/model", "SM_NUM_GPUS": "4", "MAX_INPUT_TOKENS": "256", "MAX_TOTAL_TOKENS": "1280"}
+    assert variant["InstanceType"] == "ml.g5.12xlarge" and variant["InitialInstanceCount"] == 1
+
+    archive = tmp_path / "model.tar.gz"
+    _client("s3").download_file(bucket, f"finetune-sdk/endpoints/{variant['ModelName']}/model.tar.gz", str(archive))
+    served = safe_extract(archive, tmp_path / "opt-ml-model")
+    names = {p.name for p in served.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "finetune_sdk.json"} <= names and not names & {"adapter_config.json", "code", "base", "merged"}
+    check = verify_merge(artifact, AutoModelForCausalLM.from_pretrained(served), ["I keep waking up at 4am."])
+    assert check.passed and check.max_logit_diff < 1e-4, check.describe()
+    assert Artifact.load(artifact.path).manifest["merge"]["prompts"] == 6  # deploy merged it, checked on the eval rows
+
+    sent = []
+    predictor.transport.inner.client.meta.events.register(
+        "before-parameter-build.sagemaker-runtime.InvokeEndpoint", lambda params, **kw: sent.append(params["Body"]))
+    reply = [{"generated_text": "This sounds like anxiety.", "details": {"finish_reason": "eos_token",
+                                                                         "generated_tokens": 6}}]
+    httpx.post(f"{aws}/moto-api/static/sagemaker/endpoint-results",
+               json={"results": [{"Body": json.dumps(reply), "ContentType": "application/json"}]}).raise_for_status()
+    answer = predictor.predict("I keep waking up at 4am.", max_new_tokens=16)
+    assert (answer.text, answer.finish_reason, answer.completion_tokens) == ("This sounds like anxiety.", "stop", 6)
+    body = json.loads(sent[0])
+    assert body["inputs"].endswith("<|im_start|>user\nI keep waking up at 4am.<|im_end|>\n<|im_start|>assistant\n")
+    assert body["parameters"] == {"max_new_tokens": 16, "stop": ["<|im_end|>"], "details": True,
+                                  "return_full_text": False}
+    predictor.close()
     assert _resources() == {"endpoints": [], "configs": [], "models": []}

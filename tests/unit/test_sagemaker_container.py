@@ -13,7 +13,7 @@ from finetune_sdk.artifact import MANIFEST, Artifact
 from finetune_sdk.spec import JobSpec
 from finetune_sdk.train import container
 from finetune_sdk.train.container import ContainerEnv, container_spec, run_in_container
-from tests.conftest import COUNSEL
+from tests.conftest import COUNSEL, fake_opt_ml
 
 
 @pytest.fixture
@@ -21,19 +21,9 @@ def shipped(tmp_path, tiny_model_dir, counsel_rows):
     """The spec as the backend ships it, and an /opt/ml layout with the channels it uploads."""
     tuner = FineTuner(str(tiny_model_dir), counsel_rows[:24], COUNSEL, output_dir=tmp_path / "user" / "out",
                       eval_fraction=0.25, training=TrainingSettings(batch_size=4, progress=False))
-    spec = tuner.spec()
     opt = tmp_path / "opt" / "ml"
-    for channel, rows in (("train", tuner.train_rows), ("eval", tuner.eval_rows)):
-        folder = opt / "input" / "data" / channel
-        folder.mkdir(parents=True)
-        (folder / f"{channel}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    shutil.copytree(tiny_model_dir, opt / "input" / "data" / "model")
-    (opt / "code").mkdir()
-    spec.save(opt / "code" / "finetune_sdk_spec.json")
-    environ = {"SM_MODEL_DIR": str(opt / "model"), "SM_OUTPUT_DATA_DIR": str(opt / "output" / "data"),
-               "SM_HOSTS": '["algo-1"]', "SM_NUM_GPUS": "0", "SM_HPS": "{}",
-               "FINETUNE_SDK_CHECKPOINT_DIR": str(opt / "checkpoints"),
-               **{f"SM_CHANNEL_{c.upper()}": str(opt / "input" / "data" / c) for c in ("train", "eval", "model")}}
+    environ = fake_opt_ml(opt, tuner, tiny_model_dir)
+    spec = JobSpec.load(opt / "code" / "finetune_sdk_spec.json")
     return spec, opt, environ
 
 
@@ -56,7 +46,8 @@ def test_the_environment_maps_onto_the_spec(shipped):
 @pytest.mark.parametrize("change, phrase", [
     ({"SM_HPS": '{"epoch": 3}'}, "unknown hyperparameters ['epoch']; they must be TrainingSettings fields"),
     ({"SM_HPS": '{"learning_rate": -1}'}, "learning_rate"),
-    ({"SM_HOSTS": '["algo-1", "algo-2"]'}, "runs on one instance, but this job has 2"),
+    ({"SM_HOSTS": '["algo-1", "algo-2"]', "SM_CURRENT_HOST": "algo-3"},
+     "SM_CURRENT_HOST='algo-3' is not one of SM_HOSTS=['algo-1', 'algo-2']"),
     ({"SM_CHANNEL_TRAIN": None}, "no 'train' channel (SM_CHANNEL_TRAIN); the job has channels ['eval', 'model']"),
 ])
 def test_bad_container_inputs_are_config_errors(shipped, change, phrase):
@@ -95,3 +86,22 @@ def test_a_restarted_job_resumes_from_the_checkpoints_and_fills_the_model_dir(sh
     assert moves[-1] == MANIFEST and len(moves) == len(list((opt / "model").iterdir()))
     assert list((opt / "output" / "data" / "artifact").iterdir()) == []
     assert JobSpec.load(spec_path) == spec  # the shipped spec is not modified
+
+
+@pytest.mark.parametrize("change, options", [
+    ({}, None),
+    ({"SM_NUM_GPUS": "1"}, None),
+    ({"SM_NUM_GPUS": "4"}, ["--nnodes", "1", "--nproc_per_node", "4", "--standalone"]),
+    ({"SM_HOSTS": '["algo-1", "algo-2", "algo-3"]', "SM_CURRENT_HOST": "algo-2", "SM_NUM_GPUS": "8"},
+     ["--nnodes", "3", "--nproc_per_node", "8", "--node_rank", "1", "--master_addr", "algo-1",
+      "--master_port", "7777"]),
+    ({"SM_HOSTS": '["algo-1", "algo-2"]', "SM_CURRENT_HOST": "algo-1", "FINETUNE_SDK_MASTER_ADDR": "127.0.0.1",
+      "FINETUNE_SDK_MASTER_PORT": "29411"},
+     ["--nnodes", "2", "--nproc_per_node", "1", "--node_rank", "0", "--master_addr", "127.0.0.1",
+      "--master_port", "29411"]),
+])
+def test_torchrun_runs_one_process_per_gpu_on_every_host(shipped, change, options):
+    env = ContainerEnv.from_environ({**shipped[2], **change})
+    assert env.distributed == (options is not None)
+    if options is not None:
+        assert env.torchrun_options() == options
