@@ -212,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=None, help="the server's default unless given")
     parser.add_argument("--threads", type=int, default=None, help="the server's --threads (torch CPU threads), "
                         "the same in every phase; default: torch's choice")
-    parser.add_argument("--rounds", type=int, default=1, help="batching/no-batching pairs, run interleaved")
+    parser.add_argument("--rounds", type=int, default=1, help="batching/no-batching pairs, run interleaved (0: "
+                        "only the overload phase)")
     parser.add_argument("--overload-requests", type=int, default=1000, help="0 skips the overload phase")
     parser.add_argument("--overload-queue", type=int, default=8, help="--max-queue of the overload server")
     parser.add_argument("--startup-timeout", type=float, default=180)
