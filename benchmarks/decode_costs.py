@@ -1,6 +1,9 @@
-"""Where a served request's time goes: prefill per prompt, and decode steps alone vs in a batch of 16.
+"""Where a served request's time goes: prefill per prompt, and decode steps alone vs in a batch of 32.
 
-    python benchmarks/decode_costs.py [ARTIFACT] [--rows 16] [--rounds 2] [--threads N]
+    python benchmarks/decode_costs.py [ARTIFACT] [--model smollm2-135m-instruct] [--rows 32] [--rounds 2]
+                                      [--threads N]
+
+Without ARTIFACT it loads the embedded base model (``--model``), as the server's ``--model`` does.
 
 Prefills ``--rows`` held-out questions one by one into a continuous batch (as the server does), decodes
 until every row has finished, then times decode steps of a single row. From these it prints the most
@@ -49,18 +52,19 @@ def one_round(engine, prompts: list[list[int]]) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("artifact", nargs="?", default="runs/demo")
-    parser.add_argument("--rows", type=int, default=16)
+    parser.add_argument("artifact", nargs="?", default=None, help="a fine-tuned artifact instead of the base model")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="the base model loaded without ARTIFACT")
+    parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     import torch
 
-    from finetune_sdk.serve.engine import GenerationEngine
+    from finetune_sdk.serve.__main__ import load_engine
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = GenerationEngine.from_artifact(args.artifact, device="cpu")
+    engine = load_engine(args.artifact, None if args.artifact else args.model, "cpu")
     _, held_out = split_rows(load_rows("counsel-sample"), 0.2, 0, "topic")
     prompts = [engine.prompt_ids(row["questionText"]) for row in held_out[:args.rows]]
     prefix = len(engine.decode_batch().prefix.ids)

@@ -1,11 +1,14 @@
 """Load test of the HTTP server: throughput and latency with and without dynamic batching, then overload.
 
-    python benchmarks/serve_load.py [ARTIFACT] [--clients 32] [--requests 256] [--max-new-tokens 32]
-                                    [--overload-requests 1000] [--overload-queue 8] [--timeout 900]
+    python benchmarks/serve_load.py [ARTIFACT] [--model smollm2-135m-instruct] [--clients 32] [--requests 256]
+                                    [--max-new-tokens 32] [--threads N] [--rounds 1] [--overload-requests 1000]
+                                    [--overload-queue 8] [--timeout 900]
 
-ARTIFACT defaults to runs/demo (``make demo`` writes it). Each phase starts its own server with
+Without ARTIFACT the server runs the embedded base model (``--model``); with it, that fine-tuned
+artifact (``make demo`` writes runs/demo). Each phase starts its own server with
 ``python -m finetune_sdk.serve`` on 127.0.0.1, waits for /ping, fires the requests from a thread pool,
-and stops the server. Questions are the held-out split of the bundled counsel-sample data (the same
+and stops the server; ``--rounds N`` runs N batching/no-batching pairs interleaved, so a change in
+the machine's other load hits both arms alike. Questions are the held-out split of the bundled counsel-sample data (the same
 split ``make demo`` evaluates on), cycled as needed. Every loop is counted and the run has an overall
 deadline, so it always ends.
 """
@@ -40,6 +43,7 @@ class PhaseResult:
     latencies: list[float]  # of the 200 answers
     peak_rss_mb: float
     cpu_seconds: float  # the server's user + system CPU time during the phase
+    load: float  # the machine's 1-minute load average at the end of the phase
 
     @property
     def cpu_per_answer(self) -> float:
@@ -64,12 +68,12 @@ class PhaseResult:
 class ServerProcess:
     """``python -m finetune_sdk.serve`` on a free loopback port, stopped (then killed) on exit."""
 
-    def __init__(self, artifact: str, flags: Sequence[str], startup_timeout: float) -> None:
+    def __init__(self, target: Sequence[str], flags: Sequence[str], startup_timeout: float) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "finetune_sdk.serve", artifact, "--host", "127.0.0.1",
+        self.command = [sys.executable, "-m", "finetune_sdk.serve", *target, "--host", "127.0.0.1",
                         "--port", str(self.port), "--log-level", "warning", *flags]
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
@@ -153,7 +157,7 @@ def held_out_questions() -> list[str]:
     return [row["questionText"] for row in held_out]
 
 
-def run_phase(name: str, artifact: str, flags: Sequence[str], questions: list[str], *, clients: int,
+def run_phase(name: str, target: Sequence[str], flags: Sequence[str], questions: list[str], *, clients: int,
               requests: int, max_new_tokens: int, deadline: float, startup_timeout: float) -> PhaseResult:
     """Start a server, send ``requests`` requests from ``clients`` threads, stop it, and measure."""
     statuses: Counter = Counter()
@@ -176,7 +180,7 @@ def run_phase(name: str, artifact: str, flags: Sequence[str], questions: list[st
             if status == 200:
                 latencies.append(time.monotonic() - started)
 
-    with ServerProcess(artifact, flags, startup_timeout) as server, RssSampler(server.process.pid) as rss:
+    with ServerProcess(target, flags, startup_timeout) as server, RssSampler(server.process.pid) as rss:
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         with httpx.Client(limits=limits) as client, ThreadPoolExecutor(clients) as pool:
             started, cpu_started = time.monotonic(), _cpu_seconds(server.process.pid)
@@ -185,54 +189,74 @@ def run_phase(name: str, artifact: str, flags: Sequence[str], questions: list[st
         alive = httpx.get(f"{server.url}/ping", timeout=10).status_code == 200
         if not alive:
             print(f"warning: {name}: the server stopped answering /ping", file=sys.stderr)
-    return PhaseResult(name, requests, statuses, seconds, latencies, rss.peak_bytes / 2**20, cpu)
+    return PhaseResult(name, requests, statuses, seconds, latencies, rss.peak_bytes / 2**20, cpu, os.getloadavg()[0])
 
 
 def print_table(results: list[PhaseResult]) -> None:
     print(f"{'phase':<22}{'requests':>9}{'200':>6}{'5xx':>6}{'req/s':>8}{'p50 s':>8}{'p99 s':>8}"
-          f"{'CPU s/req':>10}{'peak RSS MB':>13}  statuses")
+          f"{'CPU s/req':>10}{'peak RSS MB':>13}{'load':>6}  statuses")
     for r in results:
         print(f"{r.name:<22}{r.requests:>9}{r.statuses.get(200, 0):>6}{r.server_errors:>6}{r.throughput:>8.2f}"
-              f"{r.percentile(0.5):>8.2f}{r.percentile(0.99):>8.2f}{r.cpu_per_answer:>10.2f}{r.peak_rss_mb:>13.0f}  "
+              f"{r.percentile(0.5):>8.2f}{r.percentile(0.99):>8.2f}{r.cpu_per_answer:>10.2f}{r.peak_rss_mb:>13.0f}{r.load:>6.1f}  "
               f"{dict(sorted(r.statuses.items()))}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("artifact", nargs="?", default="runs/demo")
+    parser.add_argument("artifact", nargs="?", default=None, help="a fine-tuned artifact directory to serve "
+                        "instead of the base model")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="the base model served without ARTIFACT")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-batch-size", type=int, default=None, help="the server's default unless given")
+    parser.add_argument("--threads", type=int, default=None, help="the server's --threads (torch CPU threads), "
+                        "the same in every phase; default: torch's choice")
+    parser.add_argument("--rounds", type=int, default=1, help="batching/no-batching pairs, run interleaved (0: "
+                        "only the overload phase)")
     parser.add_argument("--overload-requests", type=int, default=1000, help="0 skips the overload phase")
     parser.add_argument("--overload-queue", type=int, default=8, help="--max-queue of the overload server")
     parser.add_argument("--startup-timeout", type=float, default=180)
     parser.add_argument("--timeout", type=float, default=900, help="overall deadline in seconds")
     args = parser.parse_args(argv)
-    if not Path(args.artifact, "manifest.json").is_file() and not Path(args.artifact).is_dir():
+    if args.artifact is not None and not Path(args.artifact).is_dir():
         print(f"error: no artifact at {args.artifact}; run `make demo` to train runs/demo (a few minutes on CPU), "
-              "or pass the directory of another artifact", file=sys.stderr)
+              "pass the directory of another artifact, or leave it out to serve the base model", file=sys.stderr)
         return 2
+    target = [args.artifact] if args.artifact is not None else ["--model", args.model]
+    target += ["--threads", str(args.threads)] if args.threads else []
+    batch_flags = ["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else []
     deadline = time.monotonic() + args.timeout
     questions = held_out_questions()
     common = dict(questions=questions, clients=args.clients, max_new_tokens=args.max_new_tokens,
                   deadline=deadline, startup_timeout=args.startup_timeout)
-    print(f"artifact {args.artifact}; {args.clients} clients, {args.requests} requests, max_new_tokens "
-          f"{args.max_new_tokens}, {len(questions)} held-out questions, {os.cpu_count()} CPUs", flush=True)
-    batched = run_phase("batching", args.artifact, ["--max-batch-size", str(args.max_batch_size)],
-                        requests=args.requests, **common)
-    single = run_phase("no batching", args.artifact, ["--no-batching"], requests=args.requests, **common)
-    results = [batched, single]
+    print(f"{args.artifact or args.model}; {args.clients} clients, {args.requests} requests, max_new_tokens "
+          f"{args.max_new_tokens}, {len(questions)} held-out questions, {os.cpu_count()} CPUs, server threads {args.threads or 'default'}, load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    batched, single = [], []
+    for _ in range(args.rounds):
+        batched.append(run_phase("batching", target, batch_flags, requests=args.requests, **common))
+        single.append(run_phase("no batching", target, ["--no-batching"], requests=args.requests, **common))
+    results = [r for pair in zip(batched, single) for r in pair]
     if args.overload_requests > 0:
         overload = {**common, "clients": max(args.clients, 64)}
-        results.append(run_phase(f"overload (queue {args.overload_queue})", args.artifact,
-                                 ["--max-queue", str(args.overload_queue), "--max-batch-size",
-                                  str(args.max_batch_size)], requests=args.overload_requests, **overload))
+        results.append(run_phase(f"overload (queue {args.overload_queue})", target,
+                                 ["--max-queue", str(args.overload_queue), *batch_flags],
+                                 requests=args.overload_requests, **overload))
     print_table(results)
-    if single.throughput:
-        print(f"batching speed-up: {batched.throughput / single.throughput:.2f}x throughput, "
-              f"{single.cpu_per_answer / batched.cpu_per_answer:.2f}x less server CPU per answer")
+    on, off = _throughput(batched), _throughput(single)
+    if off:
+        cpu_on = sum(r.cpu_seconds for r in batched) / max(1, sum(r.statuses.get(200, 0) for r in batched))
+        cpu_off = sum(r.cpu_seconds for r in single) / max(1, sum(r.statuses.get(200, 0) for r in single))
+        print(f"batching speed-up: {on / off:.2f}x throughput ({on:.2f} vs {off:.2f} req/s over {args.rounds} "
+              f"round(s)), {cpu_off / cpu_on:.2f}x less server CPU per answer")
     return 0
+
+
+def _throughput(phases: list[PhaseResult]) -> float:
+    """Answers per second over all the phases of one arm together."""
+    seconds = sum(r.seconds for r in phases)
+    return sum(r.statuses.get(200, 0) for r in phases) / seconds if seconds else 0.0
 
 
 if __name__ == "__main__":

@@ -115,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--out", help="write comparison.md/.json/.png (or report.json) into this folder")
 
-    serve = sub.add_parser("serve", help="serve an artifact over HTTP: /invocations and the OpenAI API")
-    serve.add_argument("artifact", help="the artifact directory a training run wrote")
+    serve = sub.add_parser("serve", help="serve an artifact (or a base model) over HTTP: /invocations and the "
+                                         "OpenAI API")
+    serve.add_argument("artifact", nargs="?", help="the artifact directory a training run wrote")
+    serve.add_argument("--model", default=None, help="serve this base model instead of an artifact")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (needed off loopback)")
@@ -169,8 +171,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "serve":
         from .serve.__main__ import main as serve_main
 
+        target = [args.artifact] if args.artifact else []
+        target += ["--model", args.model] if args.model else []
         extra = ["--api-key", args.api_key] if args.api_key else []
-        return serve_main([args.artifact, "--host", args.host, "--port", str(args.port), *extra])
+        return serve_main([*target, "--host", args.host, "--port", str(args.port), *extra])
     return 0
 
 

@@ -1,5 +1,9 @@
 """``python -m finetune_sdk.serve ARTIFACT_DIR``: serve an artifact over HTTP (local deployer, containers).
 
+``python -m finetune_sdk.serve --model NAME`` serves a base model with no adapter instead (the embedded
+``smollm2-135m-instruct``, a local model folder or a Hub id), its prompts rendered with the tokenizer's
+chat template: a string input is one user message.
+
 In a SageMaker container (``--sagemaker`` or ``FINETUNE_SDK_SAGEMAKER=1``) it follows the container
 contract instead: SageMaker runs the image with the argument ``serve``, the model is in /opt/ml/model,
 and the server listens on 0.0.0.0:8080 without an API key, because only SageMaker's endpoint, which
@@ -16,7 +20,7 @@ import ipaddress
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import ConfigError, FineTuneError, MissingDependencyError
 from .batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, DEFAULT_REQUEST_TIMEOUT_S
@@ -54,12 +58,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def load_engine(artifact: str | None, model: str | None, device: str) -> Any:
+    """The artifact's engine, or the base model's under a chat template that takes chat messages as they come."""
+    from ..template import PromptTemplate
+    from .engine import GenerationEngine
+
+    if model is not None:
+        return GenerationEngine.from_model(model, PromptTemplate.messages(), device=device)
+    return GenerationEngine.from_artifact(artifact, device=device)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune_sdk.serve",
                                      description="Serve a finetune_sdk artifact: SageMaker /invocations and "
                                                  "the OpenAI API.")
     parser.add_argument("artifact", nargs="?", help="the artifact directory a training run wrote (with "
                         f"--sagemaker: omitted or '{SAGEMAKER_COMMAND}' means {SAGEMAKER_MODEL_DIR})")
+    parser.add_argument("--model", default=None, help="serve this base model instead of an artifact: an embedded "
+                        "model name (smollm2-135m-instruct), a local model folder or a Hugging Face Hub id")
     parser.add_argument("--host", default=None, help="127.0.0.1 by default; 0.0.0.0 with --sagemaker")
     parser.add_argument("--port", type=int, default=None, help="8080 by default")
     parser.add_argument("--sagemaker", action="store_true", default=os.environ.get(SAGEMAKER_ENV) == "1",
@@ -69,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--max-new-tokens-cap", type=int, default=1024)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the model's arithmetic (default: torch's choice, one per core)")
     parser.add_argument("--no-batching", dest="batching", action="store_false",
                         help="generate one request at a time instead of batching concurrent requests")
     parser.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
@@ -80,10 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
                         help="seconds a batched request may wait and generate before it is answered 504")
     args = parser.parse_args(argv)
+    if args.model is not None and (args.artifact is not None or args.sagemaker):
+        parser.error("give either an ARTIFACT directory or --model NAME, not both")
     if args.sagemaker:
         container_defaults(args)
-    elif args.artifact is None:
-        parser.error("give the ARTIFACT directory to serve (or --sagemaker inside a SageMaker container)")
+    elif args.artifact is None and args.model is None:
+        parser.error("give the ARTIFACT directory to serve, or --model NAME for a base model (or --sagemaker "
+                     "inside a SageMaker container)")
     host, port = args.host or "127.0.0.1", args.port or 8080
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:
@@ -95,12 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError as exc:
             raise MissingDependencyError(f"the server needs {exc.name}; install it with: "
                                          "pip install 'finetune-sdk[serve]'") from exc
-        from .engine import GenerationEngine
+        if args.threads:
+            import torch
 
-        engine = GenerationEngine.from_artifact(args.artifact, device=args.device)
+            torch.set_num_threads(args.threads)
+        engine = load_engine(args.artifact, args.model, args.device)
         engine.max_batch_size = args.max_batch_size  # one flag sizes both the batcher and the engine's chunks
         app = create_app(engine, api_key=api_key, max_new_tokens_cap=args.max_new_tokens_cap,
-                         model_name=Path(args.artifact).resolve().name, batching=args.batching,
+                         model_name=args.model or Path(args.artifact).resolve().name, batching=args.batching,
                          max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                          max_queue=args.max_queue, request_timeout_s=args.request_timeout)
     except ConfigError as exc:

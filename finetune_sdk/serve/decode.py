@@ -18,6 +18,8 @@ from typing import Any, Hashable
 import torch
 from transformers import DynamicCache
 
+from .kvcache import slack_cache
+
 
 @dataclass
 class Generation:
@@ -71,7 +73,7 @@ class DecodeBatch:
         self.stop_ids = set(stop_ids)
         self.prefix = prefix
         self.rows: list[_Row] = []
-        self._cache: DynamicCache | None = None  # per layer K/V: [rows, kv heads, width, head dim]
+        self._cache: Any = None  # per layer K/V: [rows, kv heads, width, head dim], in a slack_cache
         self._mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, width]: 1 where a real token sits
         self._next = torch.zeros(0, dtype=torch.long)  # each row's newest token, not yet in the cache
 
@@ -84,16 +86,14 @@ class DecodeBatch:
         cache, start = self.prefix.cache_for(prompt)
         out = _forward(self.model, prompt[start:], cache, start)
         first = int(out.logits[0, -1].argmax())
-        row_cache, width = out.cache, len(prompt)
+        width = len(prompt)
         row_mask = torch.ones(1, width, dtype=torch.long, device=self._device)
         if self._cache is None or not self.rows:
-            self._cache, self._mask = row_cache, row_mask
+            self._cache, self._mask = slack_cache(out.cache), row_mask
         else:
-            grow = width - self._mask.shape[1]  # left-pad whichever side is shorter, then stack the row below
-            _edit(self._cache, lambda x: _left_pad(x, max(0, grow)))
-            _edit(row_cache, lambda x: _left_pad(x, max(0, -grow)))
-            for mine, new in zip(self._cache.layers, row_cache.layers):
-                mine.keys, mine.values = torch.cat([mine.keys, new.keys]), torch.cat([mine.values, new.values])
+            for mine, new in zip(self._cache.layers, out.cache.layers):
+                mine.append_row(new.keys, new.values)  # right-aligned: the shorter side is left-padded
+            grow = width - self._mask.shape[1]
             self._mask = torch.cat([_left_pad(self._mask, max(0, grow)), _left_pad(row_mask, max(0, -grow))])
         self._next = torch.cat([self._next.to(self._device), torch.tensor([first], device=self._device)])
         self.rows.append(_Row(tag, len(prompt), max_new_tokens, stop, [first]))
@@ -141,7 +141,8 @@ class DecodeBatch:
         used = mask.any(dim=0).nonzero()
         cut = int(used[0]) if len(used) else mask.shape[1]
         self._mask = mask[:, cut:]
-        _edit(self._cache, lambda x: x.index_select(0, index)[:, :, cut:])
+        for layer in self._cache.layers:
+            layer.keep(indices, cut)
         self._next = self._next.index_select(0, index)
 
     def _result(self, row: _Row) -> Generation | None:
@@ -177,20 +178,9 @@ def _forward(model: Any, ids: list[int], cache: DynamicCache, start: int) -> Any
                  logits_to_keep=1)
 
 
-def _edit(cache: DynamicCache, change: Any) -> None:
-    """Apply ``change`` to every layer's keys and values."""
-    for layer in cache.layers:
-        layer.keys, layer.values = change(layer.keys), change(layer.values)
-
-
-def _left_pad(x: torch.Tensor, n: int) -> torch.Tensor:
-    """``x`` with ``n`` zero columns in front of its sequence axis (the last axis of a mask, -2 of a K/V)."""
-    if n == 0:
-        return x
-    axis = -1 if x.dim() == 2 else -2
-    shape = list(x.shape)
-    shape[axis] = n
-    return torch.cat([x.new_zeros(shape), x], dim=axis)
+def _left_pad(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """``mask`` with ``n`` zero columns in front."""
+    return torch.cat([mask.new_zeros(mask.shape[0], n), mask], dim=1) if n else mask
 
 
 def run_all(batch: DecodeBatch, prompts: list[list[int]], settings: Any, max_rows: int) -> list[Generation]:

@@ -61,3 +61,8 @@ def test_serve_runs_the_server_program(tuner, engine):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_serve_passes_a_base_model_to_the_server_program(capsys):
+    assert main(["serve", "--model", "no-such-model"]) == 1  # the server program's "cannot load" status
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err

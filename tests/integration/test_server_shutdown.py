@@ -23,10 +23,11 @@ pytest.importorskip("uvicorn")
 BODY = {"inputs": [QUESTION] * 4, "parameters": {"max_new_tokens": 32}}
 
 
-def start_server(artifact: str, *flags: str) -> tuple[subprocess.Popen, str]:
+def start_server(*arguments: str) -> tuple[subprocess.Popen, str]:
+    """``python -m finetune_sdk.serve ARGUMENTS`` on a free loopback port, once it answers /ping."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "finetune_sdk.serve", artifact, "--port", str(port),
-                                "--log-level", "warning", *flags], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "finetune_sdk.serve", *arguments, "--port", str(port),
+                                "--log-level", "warning"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
