@@ -182,7 +182,7 @@ def evaluate_loss(model: Any, examples: list[Encoded], pad_id: int, device: torc
 
 
 def eval_order(examples: Sequence[Encoded]) -> list[int]:
-    """Evaluation (and frozen-layer cache) order: by length, so batches of neighbours pad little."""
+    """Evaluation order: by length, so batches of neighbours pad little."""
     return sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
 
 
