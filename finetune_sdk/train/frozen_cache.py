@@ -60,6 +60,11 @@ class FrozenLayerCache:
             out[row, :len(self.states[i])] = self.states[i]
         return out.to(device)
 
+    def last_hidden(self, indices: Sequence[int], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The last hidden state for ``batch``, whose rows are the cached examples ``indices``."""
+        ids = batch["input_ids"]
+        return self.forward(self.batch_hidden(indices, ids.shape[1], ids.device), batch["attention_mask"])
+
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The last hidden state, running only layers ``first`` and up on the cached input."""
         layers = self.decoder.layers
@@ -81,7 +86,7 @@ class FrozenLayerCache:
 
     def _agrees(self, indices: Sequence[int], batch: dict[str, torch.Tensor]) -> bool:
         full = self.decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        cached = self.forward(self.batch_hidden(indices, batch["input_ids"].shape[1], full.device), batch["attention_mask"])
+        cached = self.last_hidden(indices, batch)
         mask = batch["attention_mask"].bool()
         ok = torch.allclose(full[mask], cached[mask], rtol=1e-3, atol=1e-3)
         if not ok:

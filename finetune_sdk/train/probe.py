@@ -85,8 +85,7 @@ def _step(spec: JobSpec, model: object, cache: FrozenLayerCache | None, batch_ex
     """One optimizer step on one batch, as the program runs it; returns its padded tokens."""
     batch = _to(collate(batch_examples, pad_id), device)
     with _autocast(device, dtype):
-        hidden = cache.forward(cache.batch_hidden(cache_idx, batch["input_ids"].shape[1], device),
-                               batch["attention_mask"]) if cache else None
+        hidden = cache.last_hidden(cache_idx, batch) if cache else None
         loss, n = completion_loss(model, batch, prompt_loss_weight=spec.training.prompt_loss_weight, hidden=hidden)
     (loss / max(n, 1)).backward()
     torch.nn.utils.clip_grad_norm_(params, spec.training.max_grad_norm)

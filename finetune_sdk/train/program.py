@@ -171,8 +171,7 @@ def evaluate_loss(model: Any, examples: list[Encoded], pad_id: int, device: torc
         idx = order[start:start + batch_size]
         batch = _to(collate([examples[i] for i in idx], pad_id), device)
         with _autocast(device, dtype):
-            hidden = (cache.forward(cache.batch_hidden([cache_offset + i for i in idx], batch["input_ids"].shape[1],
-                                                       device), batch["attention_mask"]) if cache else None)
+            hidden = cache.last_hidden([cache_offset + i for i in idx], batch) if cache else None
             loss, n = completion_loss(model, batch, hidden=hidden)
         total += float(loss)
         count += n
@@ -299,8 +298,7 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
                 padded_tokens += cpu_batch["input_ids"].numel()
                 batch = _to(cpu_batch, device)
                 with _autocast(device, dtype):
-                    hidden = (cache.forward(cache.batch_hidden(batch_idx, batch["input_ids"].shape[1], device),
-                                            batch["attention_mask"]) if cache else None)
+                    hidden = cache.last_hidden(batch_idx, batch) if cache else None
                     loss, _ = completion_loss(model, batch, prompt_loss_weight=settings.prompt_loss_weight,
                                               hidden=hidden)
                 (loss / n_trained).backward()
