@@ -35,6 +35,7 @@ from .budget import token_budget
 from .checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from .distributed import Ranks
 from .frozen_cache import FrozenLayerCache
+from .lora_matmul import fuse_lora_linears
 from .loss import completion_loss
 from .packing import collate_packed, real_tokens as count_real_tokens, split_by_budget
 from .preflight import check_lora_targets
@@ -108,7 +109,9 @@ def prepare_model(spec: JobSpec, model: Any) -> Any:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
     config = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
                         target_modules=targets, layers_to_transform=spec.lora.layers, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    fuse_lora_linears(model)
+    return model
 
 
 def _load_for_method(spec: JobSpec, ref: Any, dtype: torch.dtype, device: torch.device) -> Any:
