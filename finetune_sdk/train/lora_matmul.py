@@ -48,16 +48,25 @@ class _LoraMatmul(torch.autograd.Function):
 
 
 def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
-    base = self.base_layer
-    if (adapter is None or args or kwargs or self.disable_adapters or self.merged or torch.is_autocast_enabled(x.device.type)
-            or adapter not in self.lora_A or self.use_dora.get(adapter) or not isinstance(self.lora_dropout[adapter], torch.nn.Identity)):
+    if not _plain(self, x, args, kwargs):
         return type(self).forward(self, x, *args, **kwargs)
-    a, b = self.lora_A[adapter].weight, self.lora_B[adapter].weight
-    frozen_base = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
-    if not (frozen_base and self.lora_B[adapter].bias is None and x.dtype == base.weight.dtype == a.dtype == b.dtype):
-        return type(self).forward(self, x, *args, **kwargs)
-    return _LoraMatmul.apply(x, base.weight, base.bias, a, b, self.scaling[adapter])
+    adapter, base = self.active_adapters[0], self.base_layer
+    return _LoraMatmul.apply(x, base.weight, base.bias, self.lora_A[adapter].weight, self.lora_B[adapter].weight,
+                             self.scaling[adapter])
+
+
+def _plain(layer: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> bool:
+    """True when the layer computes exactly ``x W^T + b + s (x A^T) B^T`` with a frozen ``W`` and ``b``."""
+    if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+        return False
+    adapter, base = layer.active_adapters[0], layer.base_layer
+    if (adapter not in layer.lora_A or layer.use_dora.get(adapter) or layer.lora_B[adapter].bias is not None
+            or not isinstance(layer.lora_dropout[adapter], torch.nn.Identity)):
+        return False
+    if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+        return False
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    return not torch.is_autocast_enabled(x.device.type) and x.dtype == base.weight.dtype == a.dtype == b.dtype
 
 
 def fuse_lora_linears(model: Any) -> int:
