@@ -39,6 +39,7 @@ from .lora_matmul import fuse_lora_linears
 from .loss import completion_loss
 from .packing import collate_packed, real_tokens as count_real_tokens, split_by_budget
 from .preflight import check_lora_targets
+from .rms_norm import use_fused_rms_norm
 
 
 class RunLog:
@@ -94,6 +95,7 @@ def pick_dtype(preference: str, device: torch.device) -> torch.dtype:
 
 def prepare_model(spec: JobSpec, model: Any) -> Any:
     """Wrap the model for the spec's method (LoRA / QLoRA / full) and return the trainable model."""
+    use_fused_rms_norm(model)
     if spec.method == "full":
         model.requires_grad_(True)
         return model

@@ -1,6 +1,7 @@
-"""LoRA layers routed through one autograd node give PEFT's loss and gradients (tiny model, fp32, CPU).
+"""Fused training layers give the same loss and gradients as the code they replace (tiny model, fp32, CPU):
+LoRA layers as one autograd node against PEFT, F.rms_norm against the model's own RMSNorm.
 
-Tolerance: loss to a relative 1e-6, every LoRA gradient to rtol 1e-4 / atol 1e-6 (only the order of
+Tolerance: loss to a relative 1e-6, every gradient to rtol 1e-4 / atol 1e-6 (only the order of
 floating-point sums differs).
 """
 
@@ -75,3 +76,41 @@ def test_layers_the_fused_path_does_not_cover_run_peft(tiny_model_dir, smol_toke
             completion_loss(model, batch)
     finally:
         lora_matmul._LoraMatmul.apply = original
+
+
+def test_fused_rms_norm_matches_the_models_own(tiny_model_dir, smol_tokenizer, counsel_rows):
+    from transformers import AutoModelForCausalLM
+
+    from finetune_sdk.train.rms_norm import use_fused_rms_norm
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.requires_grad_(True)  # full fine-tuning: the norm weights get gradients too
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.1)
+    encoder = Encoder(smol_tokenizer, COUNSEL)
+    batch = collate([encoder.encode_example(row) for row in counsel_rows[:4]], smol_tokenizer.pad_token_id)
+    own_loss, own_grads = _loss_and_grads(model, batch)
+    assert use_fused_rms_norm(model) == 2 * 2 + 1
+    fused_loss, fused_grads = _loss_and_grads(model, batch)
+    assert fused_loss == pytest.approx(own_loss, rel=1e-6)
+    for name, grad in own_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_an_rms_norm_that_computes_something_else_keeps_its_forward():
+    from finetune_sdk.train.rms_norm import use_fused_rms_norm
+
+    class OffsetRMSNorm(torch.nn.Module):  # Gemma's form: the weight is stored as an offset from 1
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.full((8,), 0.5))
+            self.variance_epsilon = 1e-6
+
+        def forward(self, x):
+            return (1 + self.weight) * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+
+    model = torch.nn.Sequential(OffsetRMSNorm())
+    assert use_fused_rms_norm(model) == 0
+    assert "forward" not in vars(model[0])
