@@ -51,7 +51,13 @@ def padding_efficiency(examples: Sequence[Encoded], batches: Sequence[Sequence[i
     return real / total if total else 1.0
 
 
+def length_sorted_batches(lengths: Sequence[int], batch_size: int = 16) -> list[list[int]]:
+    """Indices sorted by length and cut into batches: how the no-grad passes (evaluation, the frozen-layer
+    cache) walk their examples, so neighbours pad little."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def sorted_padded_tokens(lengths: Sequence[int], batch_size: int = 16) -> int:
-    """Tokens with padding when rows are sorted by length and cut into batches (evaluation, the frozen-layer cache)."""
-    ordered = sorted(lengths)
-    return sum(len(chunk) * chunk[-1] for chunk in (ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)))
+    """Tokens with padding in ``length_sorted_batches``: what a no-grad pass over these lengths computes."""
+    return sum(len(b) * max(lengths[i] for i in b) for b in length_sorted_batches(lengths, batch_size))

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,8 @@ class Ranks:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def share(self, items: Sequence[int]) -> list[int]:
-        """This process's part of one step's examples (every world_size-th, starting at its rank)."""
+    def share(self, items: Sequence[T]) -> list[T]:
+        """This process's part of ``items`` (every world_size-th, starting at its rank)."""
         return list(items[self.rank::self.world_size])
 
 

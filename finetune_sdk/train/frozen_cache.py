@@ -35,14 +35,12 @@ class FrozenLayerCache:
     @torch.no_grad()
     def build(self, examples: Sequence[Encoded], device: torch.device, batch_size: int = 16) -> None:
         """Run the frozen layers once over every example (stopping at layer ``first``)."""
-        from .batching import collate
+        from .batching import collate, length_sorted_batches
 
         self.states = [torch.empty(0)] * len(examples)
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
         hook = self.decoder.layers[self.first].register_forward_pre_hook(_capture, with_kwargs=True)
         try:
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+            for idx in length_sorted_batches([len(e.input_ids) for e in examples], batch_size):
                 batch = collate([examples[i] for i in idx], pad_id=0)
                 try:
                     self.decoder(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))

@@ -20,9 +20,8 @@ from ..encoding import Encoded
 from ..spec import JobSpec
 from .batching import collate, sorted_padded_tokens
 from .frozen_cache import FrozenLayerCache
-from .loss import completion_loss
-from .program import (_autocast, _load_for_method, _to, eval_order, evaluate_loss, make_optimizer, pick_device,
-                      pick_dtype, prepare_model)
+from .program import (_load_for_method, _to, apply_update, backward_micro_batch, evaluate_loss,
+                      make_optimizer, pick_device, pick_dtype, prepare_model)
 
 EVAL_SAMPLE = 16
 
@@ -53,7 +52,7 @@ def probe(spec: JobSpec, ref: object, examples: Sequence[Encoded], batches: Sequ
     chosen = _spread(batches, examples, steps)
     used = sorted({i for b in chosen for i in b})
     local = {i: k for k, i in enumerate(used)}
-    order = eval_order(eval_examples)
+    order = sorted(range(len(eval_examples)), key=lambda i: len(eval_examples[i].input_ids))
     sample = [eval_examples[i] for i in order[::max(1, len(order) // EVAL_SAMPLE)][:EVAL_SAMPLE]]
     subset = [examples[i] for i in used] + sample
     cache, cache_rate = _build_cache(spec, model, subset, device)
@@ -84,13 +83,9 @@ def _step(spec: JobSpec, model: object, cache: FrozenLayerCache | None, batch_ex
           device: torch.device, dtype: torch.dtype) -> int:
     """One optimizer step on one batch, as the program runs it; returns its padded tokens."""
     batch = _to(collate(batch_examples, pad_id), device)
-    with _autocast(device, dtype):
-        hidden = cache.last_hidden(cache_idx, batch) if cache else None
-        loss, n = completion_loss(model, batch, prompt_loss_weight=spec.training.prompt_loss_weight, hidden=hidden)
-    (loss / max(n, 1)).backward()
-    torch.nn.utils.clip_grad_norm_(params, spec.training.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    trained = max(1, sum(e.n_trained for e in batch_examples))
+    backward_micro_batch(model, batch, spec.training, dtype, trained, cache=cache, cache_idx=cache_idx)
+    apply_update(params, optimizer, spec.training)
     return batch["input_ids"].numel()
 
 

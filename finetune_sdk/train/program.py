@@ -30,7 +30,7 @@ from ..spec import JobSpec, TrainingSettings
 from ..template import PromptTemplate
 from . import distributed
 from .attention import use_varlen_attention
-from .batching import collate, epoch_batches, padding_efficiency
+from .batching import collate, epoch_batches, length_sorted_batches, padding_efficiency
 from .budget import token_budget
 from .checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from .distributed import Ranks
@@ -170,10 +170,8 @@ def evaluate_loss(model: Any, examples: list[Encoded], pad_id: int, device: torc
         return None
     was_training = model.training
     model.eval()
-    order = ranks.share(eval_order(examples))
     total, count = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in ranks.share(length_sorted_batches([len(e.input_ids) for e in examples], batch_size)):
         batch = _to(collate([examples[i] for i in idx], pad_id), device)
         with _autocast(device, dtype):
             hidden = cache.last_hidden([cache_offset + i for i in idx], batch) if cache else None
@@ -185,15 +183,30 @@ def evaluate_loss(model: Any, examples: list[Encoded], pad_id: int, device: torc
     return total / max(count, 1)
 
 
-def eval_order(examples: Sequence[Encoded]) -> list[int]:
-    """Evaluation order: by length, so batches of neighbours pad little."""
-    return sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-
-
 def make_optimizer(params: list[torch.nn.Parameter], settings: TrainingSettings, device: torch.device) -> torch.optim.AdamW:
     """AdamW as the program runs it: fused kernels on CUDA and CPU."""
     return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay,
                              fused=device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params))
+
+
+def backward_micro_batch(model: Any, batch: dict[str, Any], settings: TrainingSettings, dtype: torch.dtype,
+                         step_trained: int, *, cache: FrozenLayerCache | None = None,
+                         cache_idx: Sequence[int] = ()) -> torch.Tensor:
+    """Forward and backward of one micro-batch, its summed loss divided by the trained tokens of the whole
+    optimizer step (so accumulated micro-batches add up to that step's mean); returns that share, detached."""
+    with _autocast(batch["input_ids"].device, dtype):
+        hidden = cache.last_hidden(cache_idx, batch) if cache else None
+        loss, _ = completion_loss(model, batch, prompt_loss_weight=settings.prompt_loss_weight, hidden=hidden)
+    share = loss / step_trained
+    share.backward()
+    return share.detach()
+
+
+def apply_update(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, settings: TrainingSettings) -> None:
+    """Clip the accumulated gradients, take the optimizer step and clear them."""
+    torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -301,19 +314,12 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
                 cpu_batch = collate_packed(examples) if packed else collate(examples, pad_id)
                 real_tokens += count_real_tokens(cpu_batch)
                 padded_tokens += cpu_batch["input_ids"].numel()
-                batch = _to(cpu_batch, device)
-                with _autocast(device, dtype):
-                    hidden = cache.last_hidden(batch_idx, batch) if cache else None
-                    loss, _ = completion_loss(model, batch, prompt_loss_weight=settings.prompt_loss_weight,
-                                              hidden=hidden)
-                (loss / n_trained).backward()
-                step_loss += loss.detach() / n_trained
+                step_loss += backward_micro_batch(model, _to(cpu_batch, device), settings, dtype, n_trained,
+                                                  cache=cache, cache_idx=batch_idx)
             distributed.sum_gradients(params, ranks)
             step_loss = distributed.sum_values([float(step_loss)], ranks, device)[0]
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
+            apply_update(params, optimizer, settings)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.group_in_epoch = g + 1
             losses.append(step_loss)
