@@ -37,21 +37,18 @@ def _loss_and_grads(model, batch):
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_fused_lora_layers_match_peft(tiny_model_dir, smol_tokenizer, counsel_rows):
+def test_fused_lora_layers_match_peft(tiny_model_dir, smol_tokenizer, counsel_rows, monkeypatch):
+    from finetune_sdk.train import lora_matmul
+
     model = _peft_model(tiny_model_dir)
     encoder = Encoder(smol_tokenizer, COUNSEL)
     batch = collate([encoder.encode_example(row) for row in counsel_rows[:4]], smol_tokenizer.pad_token_id)
     peft_loss, peft_grads = _loss_and_grads(model, batch)
     assert fuse_lora_linears(model) == 2 * 7
-    from finetune_sdk.train import lora_matmul
-
     calls = []  # count the layers that really take the fused path
     original = lora_matmul._LoraMatmul.apply
-    lora_matmul._LoraMatmul.apply = lambda *a: calls.append(1) or original(*a)
-    try:
-        fused_loss, fused_grads = _loss_and_grads(model, batch)
-    finally:
-        lora_matmul._LoraMatmul.apply = original
+    monkeypatch.setattr(lora_matmul._LoraMatmul, "apply", lambda *a: calls.append(1) or original(*a))
+    fused_loss, fused_grads = _loss_and_grads(model, batch)
     assert len(calls) == 2 * 7
     assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
     assert fused_grads.keys() == peft_grads.keys() and len(peft_grads) == 2 * 7 * 2
@@ -60,22 +57,19 @@ def test_fused_lora_layers_match_peft(tiny_model_dir, smol_tokenizer, counsel_ro
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_layers_the_fused_path_does_not_cover_run_peft(tiny_model_dir, smol_tokenizer, counsel_rows):
+def test_layers_the_fused_path_does_not_cover_run_peft(tiny_model_dir, smol_tokenizer, counsel_rows, monkeypatch):
     from finetune_sdk.train import lora_matmul
 
     model = _peft_model(tiny_model_dir, dropout=0.1)  # dropout: PEFT's own forward must run
     fuse_lora_linears(model)
-    original = lora_matmul._LoraMatmul.apply
-    lora_matmul._LoraMatmul.apply = lambda *a: pytest.fail("dropout layers must not take the fused path")
-    try:
-        encoder = Encoder(smol_tokenizer, COUNSEL)
-        batch = collate([encoder.encode_example(row) for row in counsel_rows[:2]], smol_tokenizer.pad_token_id)
-        loss, _ = completion_loss(model, batch)
-        loss.backward()
-        with model.disable_adapter(), torch.no_grad():  # adapters off: the base model's output
-            completion_loss(model, batch)
-    finally:
-        lora_matmul._LoraMatmul.apply = original
+    monkeypatch.setattr(lora_matmul._LoraMatmul, "apply",
+                        lambda *a: pytest.fail("dropout layers must not take the fused path"))
+    encoder = Encoder(smol_tokenizer, COUNSEL)
+    batch = collate([encoder.encode_example(row) for row in counsel_rows[:2]], smol_tokenizer.pad_token_id)
+    loss, _ = completion_loss(model, batch)
+    loss.backward()
+    with model.disable_adapter(), torch.no_grad():  # adapters off: the base model's output
+        completion_loss(model, batch)
 
 
 def test_fused_rms_norm_matches_the_models_own(tiny_model_dir, smol_tokenizer, counsel_rows):
