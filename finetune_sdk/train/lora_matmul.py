@@ -48,34 +48,32 @@ class _LoraMatmul(torch.autograd.Function):
 
 
 def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    if not _plain(self, x, args, kwargs):
+    adapter = self.active_adapters[0] if len(self.active_adapters) == 1 else None
+    a = self.lora_A[adapter].weight if adapter in self.lora_A else None
+    if (a is None or args or kwargs or self.disable_adapters or self.merged or torch.is_autocast_enabled(x.device.type)
+            or not x.dtype == self.base_layer.weight.dtype == a.dtype == self.lora_B[adapter].weight.dtype):
         return type(self).forward(self, x, *args, **kwargs)
-    adapter, base = self.active_adapters[0], self.base_layer
-    return _LoraMatmul.apply(x, base.weight, base.bias, self.lora_A[adapter].weight, self.lora_B[adapter].weight,
-                             self.scaling[adapter])
+    base = self.base_layer
+    return _LoraMatmul.apply(x, base.weight, base.bias, a, self.lora_B[adapter].weight, self.scaling[adapter])
 
 
-def _plain(layer: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> bool:
-    """True when the layer computes exactly ``x W^T + b + s (x A^T) B^T`` with a frozen ``W`` and ``b``."""
-    if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+def _fusable(layer: Any) -> bool:
+    """Whether every adapter of ``layer`` is plain LoRA over a frozen ``nn.Linear`` (checked once, when fusing;
+    what can change between calls, such as the active adapter, merging and dtypes, is checked per call)."""
+    base = layer.base_layer
+    if type(base) is not torch.nn.Linear or base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
         return False
-    adapter, base = layer.active_adapters[0], layer.base_layer
-    if (adapter not in layer.lora_A or layer.use_dora.get(adapter) or layer.lora_B[adapter].bias is not None
-            or not isinstance(layer.lora_dropout[adapter], torch.nn.Identity)):
-        return False
-    if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
-        return False
-    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-    return not torch.is_autocast_enabled(x.device.type) and x.dtype == base.weight.dtype == a.dtype == b.dtype
+    return all(not layer.use_dora.get(name) and layer.lora_B[name].bias is None
+               and isinstance(layer.lora_dropout[name], torch.nn.Identity) for name in layer.lora_A)
 
 
 def fuse_lora_linears(model: Any) -> int:
-    """Route the model's PEFT LoRA ``Linear`` layers through ``_LoraMatmul``; returns how many."""
+    """Route the model's plain PEFT LoRA ``Linear`` layers through ``_LoraMatmul``; returns how many."""
     from peft.tuners.lora import Linear
 
     count = 0
     for module in model.modules():
-        if type(module) is Linear and type(module.base_layer) is torch.nn.Linear:
+        if type(module) is Linear and _fusable(module):
             module.forward = types.MethodType(_forward, module)
             count += 1
     return count

@@ -173,9 +173,7 @@ def evaluate_loss(model: Any, examples: list[Encoded], pad_id: int, device: torc
     total, count = 0.0, 0
     for idx in ranks.share(length_sorted_batches([len(e.input_ids) for e in examples], batch_size)):
         batch = _to(collate([examples[i] for i in idx], pad_id), device)
-        with _autocast(device, dtype):
-            hidden = cache.last_hidden([cache_offset + i for i in idx], batch) if cache else None
-            loss, n = completion_loss(model, batch, hidden=hidden)
+        loss, n = forward_loss(model, batch, dtype, cache=cache, cache_idx=[cache_offset + i for i in idx])
         total += float(loss)
         count += n
     model.train(was_training)
@@ -189,14 +187,22 @@ def make_optimizer(params: list[torch.nn.Parameter], settings: TrainingSettings,
                              fused=device.type in ("cuda", "cpu") and all(p.is_floating_point() for p in params))
 
 
+def forward_loss(model: Any, batch: dict[str, Any], dtype: torch.dtype, *, prompt_loss_weight: float = 0.0,
+                 cache: FrozenLayerCache | None = None, cache_idx: Sequence[int] = ()) -> tuple[torch.Tensor, int]:
+    """Summed completion loss of one batch and its trained positions, through the frozen-layer cache when
+    there is one (``cache_idx``: the batch's rows in it)."""
+    with _autocast(batch["input_ids"].device, dtype):
+        hidden = cache.last_hidden(cache_idx, batch) if cache else None
+        return completion_loss(model, batch, prompt_loss_weight=prompt_loss_weight, hidden=hidden)
+
+
 def backward_micro_batch(model: Any, batch: dict[str, Any], settings: TrainingSettings, dtype: torch.dtype,
                          step_trained: int, *, cache: FrozenLayerCache | None = None,
                          cache_idx: Sequence[int] = ()) -> torch.Tensor:
     """Forward and backward of one micro-batch, its summed loss divided by the trained tokens of the whole
     optimizer step (so accumulated micro-batches add up to that step's mean); returns that share, detached."""
-    with _autocast(batch["input_ids"].device, dtype):
-        hidden = cache.last_hidden(cache_idx, batch) if cache else None
-        loss, _ = completion_loss(model, batch, prompt_loss_weight=settings.prompt_loss_weight, hidden=hidden)
+    loss, _ = forward_loss(model, batch, dtype, prompt_loss_weight=settings.prompt_loss_weight, cache=cache,
+                           cache_idx=cache_idx)
     share = loss / step_trained
     share.backward()
     return share.detach()
