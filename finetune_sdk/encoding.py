@@ -12,6 +12,7 @@ model was trained on. Three rules hold for every template:
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
@@ -20,6 +21,10 @@ from .template import PromptTemplate
 
 IGNORE_INDEX = -100
 Truncation = Literal["prompt", "drop"]
+# A fast tokenizer keeps per-call options (split_special_tokens among them) as shared state: calls from
+# several threads, e.g. a server's handlers, could tokenize a user's "<|im_start|>" as a control token.
+# Every tokenizer call here takes this lock.
+_TOKENIZER_LOCK = threading.Lock()
 _SENTINEL = re.compile("\ue000(\\d+)\ue001")
 
 
@@ -199,10 +204,12 @@ class Encoder:
 
     def _ids(self, piece: _Piece) -> list[int]:
         if piece.from_row:
-            return self.tokenizer(piece.text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            with _TOKENIZER_LOCK:
+                return self.tokenizer(piece.text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         cached = self._struct_cache.get(piece.text)
         if cached is None:
-            cached = self.tokenizer(piece.text, add_special_tokens=False)["input_ids"]
+            with _TOKENIZER_LOCK:
+                cached = self.tokenizer(piece.text, add_special_tokens=False)["input_ids"]
             self._struct_cache[piece.text] = cached
         return cached
 
@@ -242,8 +249,9 @@ def _split(text: str, contents: list[str], trained: bool) -> list[_Piece]:
 
 def _special_prefix(tokenizer: Any) -> list[int]:
     """The ids a tokenizer puts before text on its own (e.g. BOS for Llama-2 style tokenizers)."""
-    with_specials = tokenizer("x")["input_ids"]
-    without = tokenizer("x", add_special_tokens=False)["input_ids"]
+    with _TOKENIZER_LOCK:
+        with_specials = tokenizer("x")["input_ids"]
+        without = tokenizer("x", add_special_tokens=False)["input_ids"]
     for start in range(len(with_specials) - len(without) + 1):
         if with_specials[start:start + len(without)] == without:
             return with_specials[:start]

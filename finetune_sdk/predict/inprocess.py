@@ -49,8 +49,8 @@ class InProcessTransport:
 
 class AsyncInProcessTransport:
     """The async twin of :class:`InProcessTransport`: generation runs in a worker thread, so the event loop
-    stays free; concurrent sends take turns in one worker thread (tokenizer and model are not shared
-    across threads, as in the server's batcher)."""
+    stays free. One worker is enough (the engine runs one generation at a time anyway), and it lets
+    :meth:`aclose` wait for requests in flight before the model is released."""
 
     def __init__(self, transport: InProcessTransport) -> None:
         self.transport = transport

@@ -53,7 +53,6 @@ class GenerationEngine:
         self.encoder = Encoder(tokenizer, template, max_length=max_length)
         self.defaults = {"max_new_tokens": 256, "do_sample": False, **(defaults or {})}
         self._lock = threading.Lock()
-        self._tokenizer_lock = threading.Lock()
         self._prefix: PrefixCache | None = None
 
     @classmethod
@@ -90,9 +89,7 @@ class GenerationEngine:
 
     def prompt_ids(self, source: Any) -> list[int]:
         """Prompt ids for a row of template columns, a chat message list, or a plain string."""
-        source = self.template.prompt_source(source)
-        with self._tokenizer_lock:  # a fast tokenizer keeps per-call options as shared state: one thread at a time
-            return self.encoder.encode_prompt(source)
+        return self.encoder.encode_prompt(self.template.prompt_source(source))
 
     def settings(self, parameters: Mapping[str, Any]) -> Settings:
         """Checked generation settings: the engine's defaults overlaid with the request's non-null values."""

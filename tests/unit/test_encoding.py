@@ -110,3 +110,16 @@ def test_property_masking_holds_for_any_user_text(smol_tokenizer, question, topi
     assert enc.labels[first:] == enc.input_ids[first:]
     assert enc.input_ids[:first] == encoder.encode_prompt({"questionText": question})
     assert enc.input_ids.count(im_start) == 3 and enc.input_ids.count(im_end) == 3
+
+
+
+def test_prompts_encoded_from_many_threads_match_serial_encoding(smol_tokenizer):
+    """Encoders on several threads share one tokenizer, whose split-special-tokens switch is shared state:
+    text that looks like a control token must stay text there too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = [{"questionText": f"{LOOKALIKES[i % len(LOOKALIKES)]}question {i} " * (1 + i % 7)} for i in range(400)]
+    serial = [Encoder(smol_tokenizer, COUNSEL).encode_prompt(row) for row in rows]
+    with ThreadPoolExecutor(8) as pool:  # fresh encoders: their template pieces are tokenized in the threads
+        threaded = list(pool.map(lambda row: Encoder(smol_tokenizer, COUNSEL).encode_prompt(row), rows))
+    assert [i for i, (a, b) in enumerate(zip(threaded, serial)) if a != b] == []
