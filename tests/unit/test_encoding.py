@@ -112,7 +112,6 @@ def test_property_masking_holds_for_any_user_text(smol_tokenizer, question, topi
     assert enc.input_ids.count(im_start) == 3 and enc.input_ids.count(im_end) == 3
 
 
-
 def test_prompts_encoded_from_many_threads_match_serial_encoding(smol_tokenizer):
     """Encoders on several threads share one tokenizer, whose split-special-tokens switch is shared state:
     text that looks like a control token must stay text there too."""
