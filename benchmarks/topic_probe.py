@@ -63,12 +63,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from finetune_sdk import FineTuner
-    from finetune_sdk.demo import COUNSEL_TEMPLATE
+    from finetune_sdk.demo import COUNSEL_TEMPLATE, demo_tuner
     from finetune_sdk.encoding import Encoder
     from finetune_sdk.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_model
 
-    tuner = FineTuner(DEFAULT_MODEL, "counsel-sample", COUNSEL_TEMPLATE, eval_fraction=0.2, stratify="topic", seed=0)
+    tuner = demo_tuner()  # the demo's own split
     train, held_out = tuner.train_rows, tuner.eval_rows
     ref = resolve_model(DEFAULT_MODEL)
     model = load_model(ref, dtype=torch.float32).eval()
@@ -93,14 +92,14 @@ def main() -> None:
 
     print(f"\n| training rows (layer {args.layer}, 3 random subsets) | held-out accuracy |\n|---:|---|")
     for fraction in (0.25, 0.5, 0.75, 1.0):
-        accs = []
+        rows, accs = int(fraction * len(train)), []
         for seed in range(3 if fraction < 1 else 1):
             order = list(range(len(train)))
             random.Random(seed).shuffle(order)
-            pick = torch.tensor(order[:int(fraction * len(train))])
+            pick = torch.tensor(order[:rows])
             accs.append(probe_accuracy(train_x[pick, args.layer], train_y[pick], test_x[:, args.layer], test_y))
-        result["training_rows"][len(pick)] = accs
-        print(f"| {len(pick)} | {', '.join(f'{a:.1%}' for a in accs)} |")
+        result["training_rows"][rows] = accs
+        print(f"| {rows} | {', '.join(f'{a:.1%}' for a in accs)} |")
     print("\n" + json.dumps(result))
 
 
