@@ -104,7 +104,11 @@ class SageMakerDeployer:
         try:
             with aws_errors(f"update the endpoint {endpoint_name}"):
                 sm.update_endpoint(EndpointName=endpoint_name, EndpointConfigName=config)
-            self.wait_in_service(endpoint_name, wait_timeout_s, poll_s, sleep)
+            described = self.wait_in_service(endpoint_name, wait_timeout_s, poll_s, sleep)
+            if described["EndpointConfigName"] == old_config:  # a failed update rolls back and reports InService
+                raise EndpointError(f"the update of {endpoint_name} failed and it still serves {old_config}: "
+                                    f"{described.get('FailureReason') or 'no reason given'}; see its CloudWatch "
+                                    f"logs under /aws/sagemaker/Endpoints/{endpoint_name}")
         except BaseException:
             self._delete_config(config)  # SageMaker keeps serving the old config when an update fails
             raise
@@ -120,8 +124,8 @@ class SageMakerDeployer:
         self._delete_config(config)
 
     def wait_in_service(self, endpoint_name: str, timeout_s: float, poll_s: float,
-                        sleep: Callable[[float], None] = time.sleep) -> None:
-        """Poll DescribeEndpoint until InService; raise on Failed or after ``timeout_s``."""
+                        sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+        """Poll DescribeEndpoint until InService and return its description; raise on Failed or after ``timeout_s``."""
         sm = self.clients.client("sagemaker")
         status = "unknown"
         for attempt in range(max(1, math.ceil(timeout_s / poll_s)) + 1):
@@ -131,7 +135,7 @@ class SageMakerDeployer:
                 described = sm.describe_endpoint(EndpointName=endpoint_name)
             status = described["EndpointStatus"]
             if status == "InService":
-                return
+                return described
             if status in ("Failed", "OutOfService"):
                 raise EndpointError(f"the endpoint {endpoint_name} is {status}: "
                                     f"{described.get('FailureReason') or 'no reason given'}; see its CloudWatch "

@@ -271,6 +271,29 @@ def test_update_serves_a_new_config_and_deletes_the_old_one(artifact):
     s3.assert_no_pending_responses()
 
 
+def test_a_failed_update_raises_and_keeps_the_config_the_endpoint_still_serves(artifact):
+    deployer, sm, s3 = _deployer_stubs()
+    sm.add_response("describe_endpoint", _endpoint("InService", EndpointConfigName="old-config"),
+                    {"EndpointName": "ep"})
+    _expect_model_and_config(sm, s3)
+    sm.add_response("update_endpoint", {"EndpointArn": f"{ARN}:endpoint/ep"},
+                    {"EndpointName": "ep", "EndpointConfigName": ANY})
+    sm.add_response("describe_endpoint", _endpoint("Updating", EndpointConfigName="old-config"),
+                    {"EndpointName": "ep"})
+    # SageMaker rolls a failed update back: InService again, on the old config, with the reason
+    sm.add_response("describe_endpoint", _endpoint("InService", EndpointConfigName="old-config",
+                                                   FailureReason="the new container failed its ping health check"),
+                    {"EndpointName": "ep"})
+    deleted = []
+    sm.client.meta.events.register("before-parameter-build.sagemaker.DeleteEndpointConfig",
+                                   lambda params, **kw: deleted.append(params["EndpointConfigName"]))
+    _expect_config_deleted(sm, s3)  # the new config and model, nothing else
+    with sm, s3, pytest.raises(EndpointError, match="still serves old-config: the new container failed its ping"):
+        deployer.update("ep", artifact, poll_s=5, sleep=lambda s: None)
+    sm.assert_no_pending_responses()
+    assert len(deleted) == 1 and deleted[0] != "old-config"
+
+
 def test_an_endpoint_name_in_use_is_refused_and_that_endpoint_is_left_alone(artifact):
     deployer, sm, s3 = _deployer_stubs()
     _expect_model_and_config(sm, s3)
