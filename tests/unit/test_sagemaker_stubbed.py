@@ -253,13 +253,19 @@ def test_a_failed_endpoint_raises_its_reason_and_is_deleted(artifact):
     sm.assert_no_pending_responses()
 
 
-def test_update_serves_a_new_config_and_deletes_the_old_one(artifact):
+def _update_stubs() -> tuple:
+    """A deployer whose endpoint "ep" serves "old-config", expecting a new model, config and UpdateEndpoint."""
     deployer, sm, s3 = _deployer_stubs()
     sm.add_response("describe_endpoint", _endpoint("InService", EndpointConfigName="old-config"),
                     {"EndpointName": "ep"})
     _expect_model_and_config(sm, s3)
     sm.add_response("update_endpoint", {"EndpointArn": f"{ARN}:endpoint/ep"},
                     {"EndpointName": "ep", "EndpointConfigName": ANY})
+    return deployer, sm, s3
+
+
+def test_update_serves_a_new_config_and_deletes_the_old_one(artifact):
+    deployer, sm, s3 = _update_stubs()
     sm.add_response("describe_endpoint", _endpoint("Updating"), {"EndpointName": "ep"})
     sm.add_response("describe_endpoint", _endpoint("InService"), {"EndpointName": "ep"})
     _expect_config_deleted(sm, s3, "old-config")
@@ -272,12 +278,7 @@ def test_update_serves_a_new_config_and_deletes_the_old_one(artifact):
 
 
 def test_a_failed_update_raises_and_keeps_the_config_the_endpoint_still_serves(artifact):
-    deployer, sm, s3 = _deployer_stubs()
-    sm.add_response("describe_endpoint", _endpoint("InService", EndpointConfigName="old-config"),
-                    {"EndpointName": "ep"})
-    _expect_model_and_config(sm, s3)
-    sm.add_response("update_endpoint", {"EndpointArn": f"{ARN}:endpoint/ep"},
-                    {"EndpointName": "ep", "EndpointConfigName": ANY})
+    deployer, sm, s3 = _update_stubs()
     sm.add_response("describe_endpoint", _endpoint("Updating", EndpointConfigName="old-config"),
                     {"EndpointName": "ep"})
     # SageMaker rolls a failed update back: InService again, on the old config, with the reason
