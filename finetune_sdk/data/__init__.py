@@ -49,7 +49,7 @@ def load_rows(source: Any, *, split: str = "train") -> list[dict[str, Any]]:
             raise DataError("a list dataset must hold dicts, one per row (e.g. [{'question': ..., 'answer': ...}])")
         return [dict(r) for r in source]
     if _is_dataframe(source):
-        return [dict(r) for r in source.to_dict(orient="records")]
+        return _frame_rows(source)
     if _is_hf_dataset(source):
         return [dict(r) for r in source]
     if isinstance(source, Path) or isinstance(source, str):
@@ -59,7 +59,7 @@ def load_rows(source: Any, *, split: str = "train") -> list[dict[str, Any]]:
         path = Path(name).expanduser()
         if path.exists():
             return _read_file(path)
-        if "/" in name and not name.startswith((".", "/", "~")) and not Path(name).suffix:
+        if "/" in name and not name.startswith((".", "/", "~")) and Path(name).suffix.lower() not in _FILE_KINDS:
             return _load_hub(name, split)
         raise DataError(f"dataset {name!r} is not a file, the bundled {SAMPLE_DATASET!r}, or a Hub id like 'org/name'")
     raise DataError(f"cannot read a dataset from {type(source).__name__}; pass a file path, a Hub id, a pandas "
@@ -90,25 +90,62 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     try:
         return _parse_file(path, kind)
     except ImportError as exc:
-        raise DataError(f"reading {kind} files needs pandas: pip install 'finetune-sdk[train]'") from exc
+        raise DataError(f"reading {kind} files needs {exc.name}: pip install 'finetune-sdk[train]'") from exc
     except Exception as exc:  # json/pandas/pyarrow errors have many types; all mean "cannot parse"
         raise UnsupportedFileError(f"could not parse {path.name} as {kind}: {exc}") from exc
 
 
 def _parse_file(path: Path, kind: str) -> list[dict[str, Any]]:
-    """Rows of a local file, read here rather than through ``datasets`` (which may reach out to the network)."""
+    """Rows of a local file, read here rather than through ``datasets`` (which may reach out to the network).
+
+    Values come back as written: CSV cells are strings (an empty cell is None), JSON and Parquet keep their types.
+    """
     if kind == "json":
-        text = path.read_text(encoding="utf-8")
-        stripped = text.lstrip()
-        rows = json.loads(text) if stripped.startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()]
-        if not all(isinstance(r, dict) for r in rows):
-            raise ValueError("expected JSON objects, one per row (a JSON array of objects, or JSON Lines)")
-        return rows
+        return _parse_json(path.read_text(encoding="utf-8-sig"))
+    if kind == "parquet":
+        import pyarrow.parquet
+
+        return pyarrow.parquet.read_table(path).to_pylist()
     import pandas
 
-    frame = pandas.read_csv(path) if kind == "csv" else pandas.read_parquet(path)
-    return json.loads(frame.to_json(orient="records", force_ascii=False))  # plain Python values, NaN as None
+    return _frame_rows(pandas.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig"))
+
+
+def _parse_json(text: str) -> list[dict[str, Any]]:
+    """A JSON array of objects, or JSON Lines; a bad line is reported by its line number in the file."""
+    if text.lstrip().startswith("["):
+        rows = json.loads(text)
+    else:
+        rows = []
+        for number, line in enumerate(text.split("\n"), 1):
+            try:
+                rows += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"line {number} column {exc.colno}: {exc.msg}") from exc
+    if not all(isinstance(r, dict) for r in rows):
+        raise ValueError("expected JSON objects, one per row (a JSON array of objects, or JSON Lines)")
+    return rows
+
+
+def _frame_rows(frame: Any) -> list[dict[str, Any]]:
+    """A DataFrame's rows as plain Python values: a missing cell is None, an array cell a list, and a float
+    column of whole numbers with gaps (how pandas holds an int column with missing values) gives ints."""
+    frame = frame.astype({name: "Int64" for name, column in frame.items() if _is_widened_int(column)})
+    return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def _is_widened_int(column: Any) -> bool:
+    values = column.dropna()
+    return column.dtype.kind == "f" and len(values) < len(column) and bool(
+        ((values % 1 == 0) & (values.abs() <= 2 ** 53)).all())
+
+
+def _plain(value: Any) -> Any:
+    import pandas
+
+    if value is pandas.NA or value is pandas.NaT or isinstance(value, float) and math.isnan(value):
+        return None
+    return value.tolist() if hasattr(value, "tolist") else value  # numpy arrays and scalars
 
 
 def _load_hub(name: str, split: str) -> list[dict[str, Any]]:

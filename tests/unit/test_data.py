@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from finetune_sdk import DataError, EmptyDatasetError, MissingColumnError
+from finetune_sdk import DataError, EmptyDatasetError, MissingColumnError, PromptTemplate, UnsupportedFileError
 from finetune_sdk.data import clean_rows, fingerprint, load_rows, split_rows
 from tests.conftest import COUNSEL
 
@@ -57,3 +57,51 @@ def test_split_is_seeded_and_stratified():
 def test_fingerprint_changes_with_content():
     assert fingerprint(ROWS) == fingerprint([dict(r) for r in ROWS])
     assert fingerprint(ROWS) != fingerprint(ROWS[:-1])
+
+
+def test_csv_cells_are_read_as_written(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("q,a\nspam?,1\nzip?,02134\npi?,3.14159265358979\nid?,9007199254740993\n"
+                    "n1,None\nn2,NA\nn3,null\nempty,\n")
+    rows = load_rows(path)
+    assert [r["a"] for r in rows] == ["1", "02134", "3.14159265358979", "9007199254740993",
+                                      "None", "NA", "null", None]
+    kept, report = clean_rows(rows, PromptTemplate.chat(user="{q}", assistant="{a}"))
+    assert len(kept) == 7 and report.dropped_empty == {"a": 1}
+
+
+def test_dataframe_and_parquet_values_keep_their_precision(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"label": [1, None, 3], "pi": [3.14159265358979, 2.5, None], "tags": [np.array(["x"])] * 3})
+    assert load_rows(frame) == [{"label": 1, "pi": 3.14159265358979, "tags": ["x"]},
+                                {"label": None, "pi": 2.5, "tags": ["x"]},
+                                {"label": 3, "pi": None, "tags": ["x"]}]
+    frame.to_parquet(tmp_path / "d.parquet")
+    assert [r["pi"] for r in load_rows(tmp_path / "d.parquet")] == [3.14159265358979, 2.5, None]
+
+
+def test_a_bad_jsonl_line_is_reported_by_its_line_number(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"q": "a"}\n\n{"q": "b"}\n{bad\n')
+    with pytest.raises(UnsupportedFileError, match="line 4 column 2: Expecting property name"):
+        load_rows(path)
+
+
+def test_files_with_a_utf8_bom_are_read(tmp_path):
+    bom = "\ufeff".encode()
+    (tmp_path / "d.jsonl").write_bytes(bom + b'{"q": "x"}\n')
+    (tmp_path / "d.json").write_bytes(bom + b'[{"q": "x"}]')
+    (tmp_path / "d.csv").write_bytes(bom + b"q\nx\n")
+    for name in ("d.jsonl", "d.json", "d.csv"):
+        assert load_rows(tmp_path / name) == [{"q": "x"}], name
+
+
+def test_a_hub_id_with_a_dot_is_loaded_from_the_hub(monkeypatch):
+    asked = []
+    monkeypatch.setattr("finetune_sdk.data._load_hub", lambda name, split: asked.append(name) or ROWS)
+    assert load_rows("teknium/OpenHermes-2.5") == ROWS and asked == ["teknium/OpenHermes-2.5"]
+    with pytest.raises(DataError, match="is not a file"):
+        load_rows("data/missing.csv")
+
