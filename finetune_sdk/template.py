@@ -188,6 +188,8 @@ def _as_text(value: Any) -> str:
 
 def _conversation_column(row: Mapping[str, Any], column: str, with_completion: bool) -> list[dict[str, str]]:
     messages = row.get(column)
+    if hasattr(messages, "tolist"):  # a numpy array: how pandas holds a list column read from Parquet
+        messages = messages.tolist()
     if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
         raise TemplateError(f"column {column!r} must hold a non-empty list of {{'role', 'content'}} messages")
     out = []

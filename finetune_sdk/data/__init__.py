@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..errors import DataError, EmptyDatasetError, MissingColumnError, UnsupportedFileError
+from ..errors import DataError, EmptyDatasetError, MissingColumnError, TemplateError, UnsupportedFileError
 from ..template import PromptTemplate
 
 SAMPLE_DATASET = "counsel-sample"
@@ -29,10 +29,12 @@ def sample_dataset_path() -> Path:
 
 @dataclass
 class CleanReport:
-    """What cleaning did: rows read, rows dropped for empty fields (per column), rows kept."""
+    """What cleaning did: rows read, rows dropped for empty fields (per column) or malformed conversations
+    (their row numbers), rows kept."""
 
     rows_in: int = 0
     dropped_empty: dict[str, int] = field(default_factory=dict)
+    bad_conversations: list[int] = field(default_factory=list)  # rows dropped: a message is not {role, content} text
     rows_out: int = 0
     duplicates: int = 0  # training rows that repeat an earlier training row (same template columns)
     eval_in_train: int = 0  # eval rows whose template columns equal a training row's: they inflate eval scores
@@ -171,7 +173,8 @@ def _is_empty(value: Any) -> bool:
 
 def clean_rows(rows: Sequence[Mapping[str, Any]], template: PromptTemplate, *,
                strict: bool = False) -> tuple[list[dict[str, Any]], CleanReport]:
-    """Check columns against the template and drop rows with empty/NaN fields (or raise when ``strict``)."""
+    """Check columns against the template and drop rows with empty/NaN fields or malformed conversations
+    (or raise when ``strict``)."""
     if not rows:
         raise EmptyDatasetError("the dataset has no rows")
     present = set().union(*(r.keys() for r in rows[:1000]))
@@ -180,7 +183,7 @@ def clean_rows(rows: Sequence[Mapping[str, Any]], template: PromptTemplate, *,
         raise MissingColumnError(f"column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} not "
                                  f"found; the dataset has: {', '.join(sorted(map(str, present)))}")
     report = CleanReport(rows_in=len(rows))
-    kept = []
+    kept, first_problem = [], ""
     for i, row in enumerate(rows):
         empty = [c for c in template.columns if _is_empty(row.get(c))]
         if empty:
@@ -189,10 +192,24 @@ def clean_rows(rows: Sequence[Mapping[str, Any]], template: PromptTemplate, *,
             for c in empty:
                 report.dropped_empty[c] = report.dropped_empty.get(c, 0) + 1
             continue
-        kept.append({c: row[c] for c in row})
+        row = dict(row)
+        if template.kind == "messages":
+            try:
+                row[template.messages_column] = template.conversation(row)  # type: ignore[index]
+            except TemplateError as exc:
+                if strict:
+                    raise DataError(f"row {i}: {exc}; fix it or pass strict=False to drop such rows") from exc
+                first_problem = first_problem or f"row {i}: {exc}"
+                report.bad_conversations.append(i)
+                continue
+        kept.append(row)
     report.rows_out = len(kept)
     if not kept:
-        raise EmptyDatasetError(f"all {len(rows)} rows have an empty field among {template.columns}")
+        raise EmptyDatasetError(f"all {len(rows)} rows have an empty field among {template.columns}"
+                                + (f" or a malformed conversation ({first_problem})" if first_problem else ""))
+    if report.bad_conversations:
+        warnings.warn(f"dropped {len(report.bad_conversations)} rows with a malformed conversation (the first, "
+                      f"{first_problem}); fix them or pass strict=True to stop at the first", stacklevel=3)
     return kept, report
 
 

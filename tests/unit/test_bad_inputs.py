@@ -95,7 +95,8 @@ CASES = [
     ("labels that would be all masked", lambda t: {"dataset": NO_ASSISTANT_TURN, "template": PromptTemplate.messages()},
      EmptyDatasetError, "3 have nothing to train", "train"),
     ("chat role the template does not know", lambda t: {"dataset": TOOL_ROLE, "template": PromptTemplate.messages()},
-     TemplateError, "has role 'tool'; use 'system', 'user' or 'assistant'", "train"),
+     EmptyDatasetError, "malformed conversation (row 0: message 0 has role 'tool'; use 'system', 'user' or "
+     "'assistant')", "init"),
     # templates
     ("chat template without assistant", lambda t: {"template": PromptTemplate.chat(user="{questionText}",
                                                                                    assistant="")},

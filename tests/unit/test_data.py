@@ -105,3 +105,25 @@ def test_a_hub_id_with_a_dot_is_loaded_from_the_hub(monkeypatch):
     with pytest.raises(DataError, match="is not a file"):
         load_rows("data/missing.csv")
 
+
+GOOD_CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+
+
+def test_malformed_conversations_are_dropped_and_counted():
+    rows = [{"messages": GOOD_CHAT}] * 3
+    rows[1] = {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "x"}]}
+    rows.append({"messages": [{"role": "user", "content": None}]})
+    with pytest.warns(UserWarning, match="dropped 2 rows with a malformed conversation .*row 1: message 1 has role 'tool'"):
+        kept, report = clean_rows(rows, PromptTemplate.messages())
+    assert kept == [{"messages": GOOD_CHAT}] * 2 and report.bad_conversations == [1, 3] and report.dropped == 2
+    with pytest.raises(DataError, match="row 1: message 1 has role 'tool'"):
+        clean_rows(rows, PromptTemplate.messages(), strict=True)
+
+
+def test_conversations_from_a_parquet_dataframe_are_accepted(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"messages": [GOOD_CHAT] * 2}).to_parquet(tmp_path / "m.parquet")
+    frame = pd.read_parquet(tmp_path / "m.parquet")
+    assert clean_rows(frame.to_dict(orient="records"), PromptTemplate.messages())[0] == [{"messages": GOOD_CHAT}] * 2
+    assert clean_rows(load_rows(frame), PromptTemplate.messages())[0] == [{"messages": GOOD_CHAT}] * 2
