@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .errors import FineTuneError
+from .errors import ConfigError, FineTuneError
 
 
 def _template_args(p: argparse.ArgumentParser) -> None:
@@ -34,16 +34,12 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merge", action="store_true", help="also write merged/ weights")
 
 
-def _lora(args: argparse.Namespace) -> Any:
-    from .spec import LoraSettings
-
-    return LoraSettings(r=args.lora_r, alpha=2 * args.lora_r)
+def _lora(args: argparse.Namespace) -> dict[str, Any]:
+    return {"r": args.lora_r, "alpha": 2 * args.lora_r}  # FineTuner validates it (ConfigError, exit 2)
 
 
-def _training(args: argparse.Namespace) -> Any:
-    from .spec import TrainingSettings
-
-    return TrainingSettings(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, merge=args.merge)
+def _training(args: argparse.Namespace) -> dict[str, Any]:
+    return {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size, "merge": args.merge}
 
 
 def _template(args: argparse.Namespace) -> Any:
@@ -129,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval" and args.gate and not args.base:
         parser.error("--gate compares against the base model; add --base")
     try:
+        if args.command == "eval":
+            from .evaluate.report import parse_gate
+
+            args.gate = parse_gate(args.gate)  # a malformed gate fails now, not after both models have run
         return _dispatch(args)
     except FineTuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -158,9 +158,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "predict":
         from .predict import Predictor
 
-        source: Any = args.input
-        if source.lstrip().startswith("{"):
-            source = json.loads(source)
+        source = _predict_input(args.input)
         generation = {k: v for k, v in (("max_new_tokens", args.max_new_tokens),
                                         ("temperature", args.temperature)) if v is not None}
         if "temperature" in generation:
@@ -176,6 +174,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         extra = ["--api-key", args.api_key] if args.api_key else []
         return serve_main([*target, "--host", args.host, "--port", str(args.port), *extra])
     return 0
+
+
+def _predict_input(text: str) -> Any:
+    """Text for the prompt column, or, when it starts with '{', a JSON object of columns."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"the input starts with '{{' but is not a JSON object ({exc.msg} at character {exc.pos}); "
+                          'give columns as valid JSON, e.g. \'{"questionText": "..."}\'') from exc
 
 
 if __name__ == "__main__":

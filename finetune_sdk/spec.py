@@ -151,5 +151,14 @@ def settings(cls: type[_Settings], value: Any) -> Any:
         return value
     try:
         return cls.model_validate(dict(value))
-    except (ValidationError, TypeError, ValueError) as exc:
+    except ValidationError as exc:
+        problems = "; ".join(_problem(error) for error in exc.errors())
+        raise ConfigError(f"invalid {cls.__name__}: {problems}") from exc
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+def _problem(error: Any) -> str:
+    """One pydantic error on one line: ``r: Input should be greater than or equal to 1 (got 0)``."""
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where + ': ' if where else ''}{error['msg']} (got {error['input']!r})"

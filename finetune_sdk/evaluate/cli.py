@@ -10,12 +10,12 @@ from ..artifact import Artifact
 from ..data import clean_rows, load_rows, read_jsonl
 from ..errors import ConfigError
 from ..spec import work_dir_for
-from .report import compare, parse_gate, report_table
+from .report import compare, report_table
 from .run import auto_label_column, evaluate
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Print the report (and write it with --out); exit code 1 when a --gate fails."""
+    """Print the report (and write it with --out); exit code 1 when the gate (``args.gate``, parsed) fails."""
     from ..predict import Predictor
 
     artifact = Artifact.load(args.artifact)
@@ -44,7 +44,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     with Predictor.base_model(artifact.base_model, template) as base_predictor:
         base = evaluate(base_predictor, rows, template, name="base", **options)
-    comparison = compare(base, tuned, gate=parse_gate(args.gate))
+    comparison = compare(base, tuned, gate=args.gate)
     print(comparison.table(), end="")
     if args.out:
         paths = comparison.save(args.out)

@@ -24,3 +24,16 @@ def test_preview_train_predict_and_errors(tiny_model_dir, tmp_path, counsel_rows
     assert main(["preview", "--model", str(tiny_model_dir), "--data", str(data), "--user", "{question}",
                  "--assistant", "{topic}"]) == 2
     assert "error: column 'question' not found; the dataset has:" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2_with_one_line_before_any_model_loads(tmp_path, capsys):
+    cases = [(["train", "--lora-r", "0"], "error: invalid LoraSettings: r: Input should be greater than or equal to 1"),
+             (["train", "--epochs", "0"], "error: invalid TrainingSettings: epochs: Input should be greater than 0"),
+             (["train", "--batch-size", "0"], "error: invalid TrainingSettings: batch_size: Input should be greater"),
+             (["predict", str(tmp_path), "{bad json"], "error: the input starts with '{' but is not a JSON object"),
+             (["eval", str(tmp_path), "--base", "--gate", "label_accuracy"], "error: gate 'label_accuracy': write "
+                                                                            "METRIC=MIN_GAIN")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, (argv, err)
