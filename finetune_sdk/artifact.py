@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,10 +107,15 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 @contextmanager
 def staged_directory(final: Path, *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield an empty staging folder beside ``final``; on success it replaces ``final`` in one rename."""
+    """Yield an empty staging folder beside ``final``; on success it replaces ``final`` in one rename.
+
+    The folder gets the usual permissions (the process umask), like any folder the user creates."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    # mkdir, not mkdtemp: mkdtemp's folder is owner-only, and the rename would keep that, so a server or
+    # container running as another user could not read the artifact.
+    staging = final.parent / f".{final.name}.staging-{uuid.uuid4().hex}"
+    staging.mkdir()
     try:
         yield staging
         if final.exists():
