@@ -130,7 +130,8 @@ class FineTuner:
         return self._artifact
 
     def jobs(self) -> list["TrainingJob"]:
-        """Past and running jobs of this tuner's backend in the folder holding ``output_dir``, newest first."""
+        """Past and running jobs of this tuner's backend, newest first: locally the runs in the folder holding
+        ``output_dir``; on SageMaker every finetune_sdk job in the region."""
         return self.backend.list_jobs(str(self.output_dir.resolve().parent))
 
     def attach(self, job_id: str) -> "TrainingJob":

@@ -168,8 +168,9 @@ class SageMakerBackend:
         with aws_errors(f"stop the training job {job_id}"):
             self.clients.client("sagemaker").stop_training_job(TrainingJobName=job_id)
 
-    def list_jobs(self) -> list[TrainingJob]:
-        """This account's finetune_sdk training jobs in the region, newest first."""
+    def list_jobs(self, scope: str | None = None) -> list[TrainingJob]:
+        """This account's finetune_sdk training jobs in the region, newest first. ``scope`` (the local folder
+        of a FineTuner's runs) has no SageMaker counterpart, so every such job is listed whatever it is."""
         jobs: list[TrainingJob] = []
         paginator = self.clients.client("sagemaker").get_paginator("list_training_jobs")
         with aws_errors("list training jobs"):
