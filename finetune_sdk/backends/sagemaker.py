@@ -102,8 +102,13 @@ class SageMakerBackend:
         with aws_errors(f"describe the training job {job_id}"):
             return self.clients.client("sagemaker").describe_training_job(TrainingJobName=job_id)
 
-    def retrieve(self, job_id: str) -> TrainingJob:
-        """The job's state; the first call that sees a job this backend started completed downloads its artifact."""
+    def retrieve(self, job_id: str, output_dir: str | None = None) -> TrainingJob:
+        """The job's state; the first call that sees a job this backend started completed downloads its artifact.
+
+        ``output_dir`` adopts a job started elsewhere: its artifact is downloaded there too (FineTuner.attach).
+        """
+        if output_dir:
+            self._outputs[job_id] = output_dir
         described = self._describe(job_id)
         job = job_from_description(self, described, self._outputs.get(job_id, ""))
         if job.status == "completed" and job.output_dir:

@@ -421,6 +421,32 @@ def test_follow_logs_yields_lines_until_the_job_has_ended(aws):
         assert list(lines) == ["loading the model", "slept 5", "slept 5"]
 
 
+def test_attach_downloads_a_job_started_elsewhere_into_the_tuners_output_dir(aws, counsel_rows, tmp_path):
+    from finetune_sdk.artifact import write_manifest
+
+    s3, sm = _client("s3"), _client("sagemaker")
+    s3.create_bucket(Bucket="team-bucket")
+    sm.create_training_job(  # by a colleague, or by this code in an earlier Python session
+        TrainingJobName="finetune-sdk-elsewhere", RoleArn=ROLE,
+        AlgorithmSpecification={"TrainingImage": "image", "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": "s3://team-bucket/out"}, StoppingCondition={"MaxRuntimeInSeconds": 60},
+        ResourceConfig={"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 1})
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    write_manifest(trained, {"base_model": {"name": "smollm2-135m-instruct", "source": "embedded"},
+                             "template": COUNSEL.to_dict()})
+    with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
+        tar.add(trained / "finetune_sdk.json", arcname="finetune_sdk.json")
+    uri = sm.describe_training_job(TrainingJobName="finetune-sdk-elsewhere")["ModelArtifacts"]["S3ModelArtifacts"]
+    s3.upload_file(str(tmp_path / "model.tar.gz"), "team-bucket", uri.removeprefix("s3://team-bucket/"))
+
+    out = tmp_path / "runs" / "attached"
+    tuner = FineTuner("smollm2-135m-instruct", counsel_rows[:16], COUNSEL, output_dir=out, backend="sagemaker")
+    tuner.attach("finetune-sdk-elsewhere").wait()
+    assert tuner.job.output_dir == str(out) and tuner.artifact.path == out
+    assert tuner.artifact.manifest["base_model"]["name"] == "smollm2-135m-instruct"
+
+
 def test_a_fresh_run_refuses_a_checkpoint_prefix_that_holds_checkpoints(aws, tiny_model_dir, counsel_rows, tmp_path):
     s3 = _client("s3")
     s3.create_bucket(Bucket="team-bucket")
