@@ -421,6 +421,36 @@ def test_follow_logs_yields_lines_until_the_job_has_ended(aws):
         assert list(lines) == ["loading the model", "slept 5", "slept 5"]
 
 
+def test_follow_logs_reads_each_instance_stream_from_where_it_left_off(aws):
+    from botocore.stub import Stubber
+
+    backend = SageMakerBackend()
+    logs = _client("logs")
+    group = "/aws/sagemaker/TrainingJobs"
+    logs.create_log_group(logGroupName=group)
+    for host in ("algo-1", "algo-2"):
+        logs.create_log_stream(logGroupName=group, logStreamName=f"finetune-sdk-job/{host}-1")
+
+    def write(host: str, message: str) -> None:
+        logs.put_log_events(logGroupName=group, logStreamName=f"finetune-sdk-job/{host}-1",
+                            logEvents=[{"timestamp": int(time.time() * 1000), "message": message}])
+
+    write("algo-1", "algo-1 started")
+    write("algo-2", "algo-2 started")
+    steps = iter([lambda: write("algo-1", "algo-1 step 1"), lambda: (write("algo-2", "algo-2 step 1"),
+                                                                     write("algo-1", "algo-1 step 2"))])
+    base = {"TrainingJobName": "finetune-sdk-job", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/j",
+            "AlgorithmSpecification": {"TrainingInputMode": "File"}, "ModelArtifacts": {"S3ModelArtifacts": "s3://b/k"},
+            "ResourceConfig": {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 2, "VolumeSizeInGB": 1},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 60}, "CreationTime": "2026-01-01T00:00:00Z"}
+    with Stubber(backend.clients.client("sagemaker")) as sm:
+        for status in ("InProgress", "InProgress", "Completed"):
+            sm.add_response("describe_training_job",
+                            {**base, "TrainingJobStatus": status, "SecondaryStatus": "Training"})
+        lines = list(backend.follow_logs("finetune-sdk-job", poll=5, sleep=lambda s: next(steps)()))
+    assert lines == ["algo-1 started", "algo-2 started", "algo-1 step 1", "algo-1 step 2", "algo-2 step 1"]
+
+
 def test_attach_downloads_a_job_started_elsewhere_into_the_tuners_output_dir(aws, counsel_rows, tmp_path):
     from finetune_sdk.artifact import write_manifest
 
