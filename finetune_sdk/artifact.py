@@ -27,6 +27,7 @@ from .template import PromptTemplate
 
 if TYPE_CHECKING:
     from .merge import MergeCheck
+    from .models import ModelRef
 
 MANIFEST = "finetune_sdk.json"
 FORMAT_VERSION = 1
@@ -63,6 +64,17 @@ class Artifact:
     @property
     def base_model(self) -> str:
         return self.manifest["base_model"]["name"]
+
+    def base_model_ref(self) -> "ModelRef":
+        """The base model to load: the folder recorded at training time when the base was local and that folder
+        is still there (a relative name like "models/tiny" reads as a Hub id from another directory), else the
+        recorded name (an embedded model, a Hub id, or a local path on another machine)."""
+        from .models import resolve_model
+
+        base = self.manifest["base_model"]
+        path = base.get("path")
+        local = base.get("source") == "local" and path and Path(path).is_dir()
+        return resolve_model(path if local else base["name"], base.get("revision"))
 
     @property
     def has_adapter(self) -> bool:

@@ -19,7 +19,7 @@ import torch
 from .artifact import MANIFEST, Artifact, staged_directory, write_manifest
 from .encoding import Encoder
 from .errors import ArtifactError, ConfigError
-from .models import load_model, load_tokenizer, resolve_model
+from .models import load_model, load_tokenizer
 from .spec import work_dir_for
 
 #: Largest allowed |logit difference| between merged and base + adapter (fp32 merges land near 1e-5).
@@ -53,8 +53,7 @@ def reference_model(artifact: Artifact) -> Any:
 
     if not artifact.has_adapter:
         raise ArtifactError(f"{artifact.path} has no LoRA adapter to merge (a full fine-tune is merged already)")
-    base = artifact.manifest["base_model"]
-    model = load_model(resolve_model(base["name"], base.get("revision")), dtype=torch.float32)
+    model = load_model(artifact.base_model_ref(), dtype=torch.float32)
     return PeftModel.from_pretrained(model, str(artifact.path)).eval()
 
 
@@ -181,8 +180,7 @@ def _tokenizer_ref(artifact: Artifact) -> Any:
 
     if (artifact.path / "tokenizer_config.json").is_file():
         return ModelRef(str(artifact.path), "local", str(artifact.path))
-    base = artifact.manifest["base_model"]
-    return resolve_model(base["name"], base.get("revision"))
+    return artifact.base_model_ref()
 
 
 def _prompt_ids(encoder: Encoder, artifact: Artifact, prompt: Any) -> list[int]:

@@ -130,13 +130,17 @@ class FineTuner:
         return self._artifact
 
     def jobs(self) -> list["TrainingJob"]:
-        """Past and running jobs of this tuner's backend in the folder holding ``output_dir``, newest first."""
+        """Past and running jobs of this tuner's backend, newest first: locally the runs in the folder holding
+        ``output_dir``; on SageMaker every finetune_sdk job in the region."""
         return self.backend.list_jobs(str(self.output_dir.resolve().parent))
 
     def attach(self, job_id: str) -> "TrainingJob":
         """Re-attach to a job by id (from :meth:`jobs`, or a SageMaker job name): ``tuner.job`` and
-        ``tuner.artifact`` then follow it, so ``tuner.job.wait()`` and ``tuner.deploy()`` work as after train()."""
+        ``tuner.artifact`` then follow it, so ``tuner.job.wait()`` and ``tuner.deploy()`` work as after train().
+        A SageMaker job started elsewhere has no output folder here: its artifact comes into ``output_dir``."""
         self.job = self.backend.retrieve(job_id)
+        if not self.job.output_dir:  # a remote job started elsewhere: its artifact comes into this tuner's output_dir
+            self.job = self.backend.retrieve(job_id, output_dir=str(self.output_dir.resolve()))
         if self.job.output_dir:
             self.output_dir = Path(self.job.output_dir)
         self._artifact = None

@@ -102,8 +102,13 @@ class SageMakerBackend:
         with aws_errors(f"describe the training job {job_id}"):
             return self.clients.client("sagemaker").describe_training_job(TrainingJobName=job_id)
 
-    def retrieve(self, job_id: str) -> TrainingJob:
-        """The job's state; the first call that sees a job this backend started completed downloads its artifact."""
+    def retrieve(self, job_id: str, output_dir: str | None = None) -> TrainingJob:
+        """The job's state; the first call that sees a job this backend started completed downloads its artifact.
+
+        ``output_dir`` adopts a job started elsewhere: its artifact is downloaded there too (FineTuner.attach).
+        """
+        if output_dir:
+            self._outputs[job_id] = output_dir
         described = self._describe(job_id)
         job = job_from_description(self, described, self._outputs.get(job_id, ""))
         if job.status == "completed" and job.output_dir:
@@ -133,6 +138,22 @@ class SageMakerBackend:
 
     def logs(self, job_id: str) -> list[str]:
         """The job's CloudWatch log lines so far, oldest first (none until the container has started)."""
+        return self._new_log_lines(job_id, {})
+
+    def follow_logs(self, job_id: str, *, poll: float = 10.0,
+                    sleep: Callable[[float], None] = time.sleep) -> Iterator[str]:
+        """Yield the job's log lines as CloudWatch receives them, until the job has ended."""
+        tokens: dict[str, str] = {}
+        while True:
+            ended = self._describe(job_id)["TrainingJobStatus"] in ENDED
+            yield from self._new_log_lines(job_id, tokens)
+            if ended:
+                return
+            sleep(poll)
+
+    def _new_log_lines(self, job_id: str, tokens: dict[str, str]) -> list[str]:
+        """The lines of each of the job's log streams (one per instance) after its token in ``tokens``, stream
+        by stream; ``tokens`` is moved on to where each stream now ends."""
         logs = self.clients.client("logs")
         try:
             streams = logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job_id}/")["logStreams"]
@@ -141,35 +162,24 @@ class SageMakerBackend:
         lines: list[str] = []
         with aws_errors(f"read the logs of {job_id}"):
             for stream in streams:
-                token = None
+                name = stream["logStreamName"]
                 while True:  # a page holds at most 10,000 events; the token repeats at the end
-                    page = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=stream["logStreamName"],
-                                               startFromHead=True, **({"nextToken": token} if token else {}))
+                    token = tokens.get(name)
+                    page = logs.get_log_events(logGroupName=LOG_GROUP, logStreamName=name, startFromHead=True,
+                                               **({"nextToken": token} if token else {}))
                     lines += [event["message"] for event in page["events"]]
                     if not page["events"] or page.get("nextForwardToken") == token:
                         break
-                    token = page["nextForwardToken"]
+                    tokens[name] = page["nextForwardToken"]
         return lines
-
-    def follow_logs(self, job_id: str, *, poll: float = 10.0,
-                    sleep: Callable[[float], None] = time.sleep) -> Iterator[str]:
-        """Yield the job's log lines as CloudWatch receives them, until the job has ended."""
-        shown = 0
-        while True:
-            ended = self._describe(job_id)["TrainingJobStatus"] in ENDED
-            lines = self.logs(job_id)
-            yield from lines[shown:]
-            shown = len(lines)
-            if ended:
-                return
-            sleep(poll)
 
     def cancel(self, job_id: str) -> None:
         with aws_errors(f"stop the training job {job_id}"):
             self.clients.client("sagemaker").stop_training_job(TrainingJobName=job_id)
 
-    def list_jobs(self) -> list[TrainingJob]:
-        """This account's finetune_sdk training jobs in the region, newest first."""
+    def list_jobs(self, scope: str | None = None) -> list[TrainingJob]:
+        """This account's finetune_sdk training jobs in the region, newest first. ``scope`` (the local folder
+        of a FineTuner's runs) has no SageMaker counterpart, so every such job is listed whatever it is."""
         jobs: list[TrainingJob] = []
         paginator = self.clients.client("sagemaker").get_paginator("list_training_jobs")
         with aws_errors("list training jobs"):

@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 from ..artifact import MANIFEST, Artifact
 from ..errors import ArtifactError, ConfigError, EndpointError, EndpointTimeout, ModelError
-from ..models import resolve_model
 from ..predict import Predictor
 from ..predict.retry import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from ..predict.sagemaker import SageMakerTransport
@@ -235,7 +234,7 @@ def pack_model(artifact: Artifact, folder: Path, *, use_merged: bool = False) ->
     base = artifact.manifest["base_model"]
     if artifact.has_adapter and not use_merged and base.get("source") in ("local", "embedded"):
         try:
-            entries.append(("base", Path(resolve_model(base["name"], base.get("revision")).path)))
+            entries.append(("base", Path(artifact.base_model_ref().path)))
         except ModelError as exc:
             raise ArtifactError(f"the base model {base['name']!r} is not on this machine, and a SageMaker endpoint "
                                 "cannot reach it; deploy from where it is, or pass use_merged=True") from exc

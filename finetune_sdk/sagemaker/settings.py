@@ -2,7 +2,8 @@
 
 Every field can come from the constructor or the environment (``FINETUNE_SDK_SAGEMAKER_ROLE`` and
 friends, ``AWS_REGION``), so ``FineTuner(..., backend="sagemaker")`` works with no arguments once the
-environment names a role. Instance types and regions are checked against botocore's own service model.
+environment names a role. In the environment, lists are comma-separated and tags read
+``key=value,key=value``. Instance types and regions are checked against botocore's own service model.
 """
 
 from __future__ import annotations
@@ -160,13 +161,30 @@ class SageMakerSettings(BaseModel):
     def from_env(cls, environ: dict[str, str] | None = None, **given: Any) -> "SageMakerSettings":
         """Settings from ``given``, falling back to ``FINETUNE_SDK_SAGEMAKER_<FIELD>`` variables."""
         environ = os.environ if environ is None else environ
-        values = {name: environ[ENV_PREFIX + name.upper()] for name in cls.model_fields
-                  if ENV_PREFIX + name.upper() in environ and name not in ("tags", "subnets", "security_group_ids")}
+        values = {name: _from_environ(name, environ[ENV_PREFIX + name.upper()]) for name in cls.model_fields
+                  if ENV_PREFIX + name.upper() in environ}
         values.update({k: v for k, v in given.items() if v is not None})
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
             raise ConfigError(_first_message(exc)) from exc
+
+
+def _from_environ(name: str, raw: str) -> Any:
+    """A variable's text as the field's value: lists are comma-separated, tags are ``key=value`` pairs."""
+    if name not in ("subnets", "security_group_ids", "tags"):
+        return raw
+    items = [item.strip() for item in raw.split(",") if item.strip()]  # AWS ids and tags never hold a comma
+    if name != "tags":
+        return items
+    tags = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"{ENV_PREFIX}TAGS={raw!r}: {item!r} is not key=value; write the tags as key=value "
+                              "pairs separated by commas, e.g. team=care,project=triage")
+        tags[key.strip()] = value.strip()
+    return tags
 
 
 def _first_message(exc: ValidationError) -> str:

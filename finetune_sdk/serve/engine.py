@@ -59,14 +59,13 @@ class GenerationEngine:
     def from_artifact(cls, path: str | Path, *, device: str = "auto", merge: bool = True) -> "GenerationEngine":
         """Base model + adapter from an artifact (the adapter merged in memory for speed)."""
         artifact = Artifact.load(path)
-        base = artifact.manifest["base_model"]
-        tokenizer = load_tokenizer(_local_or(artifact.path, resolve_model(base["name"], base.get("revision"))))
+        tokenizer = load_tokenizer(_local_or(artifact.path, artifact.base_model_ref()))
         if artifact.merged_path is not None and not artifact.has_adapter:
             model = load_model(resolve_model(str(artifact.merged_path)), dtype=torch.float32)
         elif artifact.has_adapter:
             from peft import PeftModel
 
-            model = load_model(resolve_model(base["name"], base.get("revision")), dtype=torch.float32)
+            model = load_model(artifact.base_model_ref(), dtype=torch.float32)
             try:
                 model = PeftModel.from_pretrained(model, str(artifact.path))
             except Exception as exc:

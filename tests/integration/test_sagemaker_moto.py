@@ -421,6 +421,62 @@ def test_follow_logs_yields_lines_until_the_job_has_ended(aws):
         assert list(lines) == ["loading the model", "slept 5", "slept 5"]
 
 
+def test_follow_logs_reads_each_instance_stream_from_where_it_left_off(aws):
+    from botocore.stub import Stubber
+
+    backend = SageMakerBackend()
+    logs = _client("logs")
+    group = "/aws/sagemaker/TrainingJobs"
+    logs.create_log_group(logGroupName=group)
+    for host in ("algo-1", "algo-2"):
+        logs.create_log_stream(logGroupName=group, logStreamName=f"finetune-sdk-job/{host}-1")
+
+    def write(host: str, message: str) -> None:
+        logs.put_log_events(logGroupName=group, logStreamName=f"finetune-sdk-job/{host}-1",
+                            logEvents=[{"timestamp": int(time.time() * 1000), "message": message}])
+
+    write("algo-1", "algo-1 started")
+    write("algo-2", "algo-2 started")
+    steps = iter([lambda: write("algo-1", "algo-1 step 1"), lambda: (write("algo-2", "algo-2 step 1"),
+                                                                     write("algo-1", "algo-1 step 2"))])
+    base = {"TrainingJobName": "finetune-sdk-job", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:1:training-job/j",
+            "AlgorithmSpecification": {"TrainingInputMode": "File"}, "ModelArtifacts": {"S3ModelArtifacts": "s3://b/k"},
+            "ResourceConfig": {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 2, "VolumeSizeInGB": 1},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 60}, "CreationTime": "2026-01-01T00:00:00Z"}
+    with Stubber(backend.clients.client("sagemaker")) as sm:
+        for status in ("InProgress", "InProgress", "Completed"):
+            sm.add_response("describe_training_job",
+                            {**base, "TrainingJobStatus": status, "SecondaryStatus": "Training"})
+        lines = list(backend.follow_logs("finetune-sdk-job", poll=5, sleep=lambda s: next(steps)()))
+    assert lines == ["algo-1 started", "algo-2 started", "algo-1 step 1", "algo-1 step 2", "algo-2 step 1"]
+
+
+def test_attach_downloads_a_job_started_elsewhere_into_the_tuners_output_dir(aws, counsel_rows, tmp_path):
+    from finetune_sdk.artifact import write_manifest
+
+    s3, sm = _client("s3"), _client("sagemaker")
+    s3.create_bucket(Bucket="team-bucket")
+    sm.create_training_job(  # by a colleague, or by this code in an earlier Python session
+        TrainingJobName="finetune-sdk-elsewhere", RoleArn=ROLE,
+        AlgorithmSpecification={"TrainingImage": "image", "TrainingInputMode": "File"},
+        OutputDataConfig={"S3OutputPath": "s3://team-bucket/out"}, StoppingCondition={"MaxRuntimeInSeconds": 60},
+        ResourceConfig={"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 1})
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    write_manifest(trained, {"base_model": {"name": "smollm2-135m-instruct", "source": "embedded"},
+                             "template": COUNSEL.to_dict()})
+    with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
+        tar.add(trained / "finetune_sdk.json", arcname="finetune_sdk.json")
+    uri = sm.describe_training_job(TrainingJobName="finetune-sdk-elsewhere")["ModelArtifacts"]["S3ModelArtifacts"]
+    s3.upload_file(str(tmp_path / "model.tar.gz"), "team-bucket", uri.removeprefix("s3://team-bucket/"))
+
+    out = tmp_path / "runs" / "attached"
+    tuner = FineTuner("smollm2-135m-instruct", counsel_rows[:16], COUNSEL, output_dir=out, backend="sagemaker")
+    tuner.attach("finetune-sdk-elsewhere").wait()
+    assert tuner.job.output_dir == str(out) and tuner.artifact.path == out
+    assert tuner.artifact.manifest["base_model"]["name"] == "smollm2-135m-instruct"
+
+
 def test_a_fresh_run_refuses_a_checkpoint_prefix_that_holds_checkpoints(aws, tiny_model_dir, counsel_rows, tmp_path):
     s3 = _client("s3")
     s3.create_bucket(Bucket="team-bucket")

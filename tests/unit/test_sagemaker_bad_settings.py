@@ -14,8 +14,9 @@ from botocore.endpoint import Endpoint
 
 from finetune_sdk import ConfigError, FineTuner, MissingDependencyError
 from finetune_sdk.artifact import write_manifest
-from finetune_sdk.backends.sagemaker import SageMakerBackend
+from finetune_sdk.backends.sagemaker import SageMakerBackend, training_request
 from finetune_sdk.deployers.sagemaker import SageMakerDeployer
+from finetune_sdk.sagemaker.settings import SageMakerSettings
 from tests.conftest import COUNSEL
 
 ROLE = "arn:aws:iam::123456789012:role/FineTuneSdkSageMaker"
@@ -80,6 +81,13 @@ CASES = [
     ("resume without a checkpoint URI", lambda mp: SageMakerBackend(role=ROLE), ConfigError,
      "resume=True on SageMaker needs checkpoint_s3_uri="),
     ("missing credentials", _no_credentials, ConfigError, "no AWS credentials found; run `aws configure`"),
+    ("tags from the environment without '='", lambda mp: mp.setenv("FINETUNE_SDK_SAGEMAKER_TAGS", "team=care,triage")
+     or SageMakerBackend(role=ROLE), ConfigError,
+     "FINETUNE_SDK_SAGEMAKER_TAGS='team=care,triage': 'triage' is not key=value; write the tags as key=value pairs "
+     "separated by commas, e.g. team=care,project=triage"),
+    ("a VPC from the environment without security groups",
+     lambda mp: mp.setenv("FINETUNE_SDK_SAGEMAKER_SUBNETS", "subnet-0a1b") or SageMakerBackend(role=ROLE),
+     ConfigError, "a VPC needs both subnets and security_group_ids"),
 ]
 
 
@@ -92,6 +100,18 @@ def test_bad_settings_fail_before_any_request(name, backend, error, phrase, requ
         tuner.train(resume=name == "resume without a checkpoint URI")
     assert type(raised.value) is error and phrase in str(raised.value)
     assert requests == [] and not out.exists()
+
+
+def test_vpc_and_tags_from_the_environment_reach_the_training_request():
+    settings = SageMakerSettings.from_env({
+        "FINETUNE_SDK_SAGEMAKER_SUBNETS": "subnet-0a1b, subnet-2c3d", "FINETUNE_SDK_SAGEMAKER_SECURITY_GROUP_IDS":
+        "sg-0e4f", "FINETUNE_SDK_SAGEMAKER_TAGS": "team=care, cost-center=ml=42,"}, role=ROLE)
+    request = training_request(name="finetune-sdk-job", settings=settings, role=ROLE, image="image",
+                               region="us-east-1", channels={}, sourcedir="s3://b/s", output="s3://b/o",
+                               checkpoints="s3://b/c")
+    assert request["VpcConfig"] == {"Subnets": ["subnet-0a1b", "subnet-2c3d"], "SecurityGroupIds": ["sg-0e4f"]}
+    assert request["Tags"] == [{"Key": "finetune-sdk", "Value": "training"}, {"Key": "team", "Value": "care"},
+                               {"Key": "cost-center", "Value": "ml=42"}]
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from finetune_sdk import BadRequest, ConfigError, EndpointError, EndpointTimeout, Predictor, RateLimited, TrainingError
+from finetune_sdk import (BadRequest, ConfigError, EndpointError, EndpointTimeout, FineTuner, Predictor, RateLimited,
+                          TrainingError)
 from finetune_sdk.artifact import write_manifest
 from finetune_sdk.backends.base import TrainingJob
 from finetune_sdk.backends.sagemaker import SageMakerBackend
@@ -120,6 +121,19 @@ def test_list_jobs_pages_through_list_training_jobs():
     assert [(j.id, j.status, j.created_at) for j in jobs] == [
         ("finetune-sdk-b", "running", "2026-01-02T03:04:05+00:00"),
         ("finetune-sdk-a", "failed", "2026-01-02T03:04:05+00:00")]
+
+
+def test_a_tuner_lists_its_sagemaker_jobs(tmp_path):
+    backend, stub = _job_stub([])
+    tuner = FineTuner("smollm2-135m-instruct", [{"questionText": f"q{i}", "topic": "sleep"} for i in range(4)],
+                      COUNSEL, output_dir=tmp_path / "runs" / "out", backend=backend)
+    stub.add_response("list_training_jobs", {"TrainingJobSummaries": [{
+        "TrainingJobArn": f"{ARN}:training-job/x", "CreationTime": T0, "TrainingJobName": "finetune-sdk-a",
+        "TrainingJobStatus": "Completed"}]},
+        {"NameContains": "finetune-sdk", "SortBy": "CreationTime", "SortOrder": "Descending"})
+    with stub:
+        jobs = tuner.jobs()
+    assert [(j.id, j.status) for j in jobs] == [("finetune-sdk-a", "completed")]
 
 
 # -- invoking an endpoint -------------------------------------------------------------------------
