@@ -13,19 +13,20 @@ use (bad JSON, wrong content type, unknown or out-of-range parameter, a prompt l
 takes) is refused with a 4xx before it reaches the model. Generation runs in a worker
 thread, so the event loop keeps answering /ping. With ``batching`` (the default) concurrent requests
 are collected by a DynamicBatcher and generated together; a full queue answers 503 with Retry-After
-at once and a request that waits too long answers 504. Without it, requests run one at a time (the
-engine serialises them with its own lock).
+at once, a request that waits too long answers 504, and a request whose client hangs up leaves the
+batch. Without it, requests run one at a time (the engine serialises them with its own lock).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
 import uuid
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Awaitable, Mapping, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +43,9 @@ OPENAI_CHAT_KEYS = {"model", "messages", "max_tokens", "max_completion_tokens", 
                     "seed", "stream", "stream_options", "n", "user"}
 OPENAI_COMPLETION_KEYS = (OPENAI_CHAT_KEYS - {"messages", "max_completion_tokens"}) | {"prompt"}
 STREAM_CHUNK_WORDS = 4
+DISCONNECT_POLL_S = 0.1  # how often a request waiting for the batcher checks that its client is still there
+
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -99,17 +103,17 @@ def create_app(engine: Any, *, api_key: str | None = None, max_body_bytes: int =
     @app.post("/invocations", openapi_extra=request_body(bodies["invocations"]))
     async def invocations(request: Request) -> Any:
         body = await server.read_json(request)
-        return await server.invocations(body)
+        return await server.invocations(body, request)
 
     @app.post("/v1/chat/completions", openapi_extra=request_body(bodies["chat"]))
     async def chat_completions(request: Request) -> Any:
         body = await server.read_json(request)
-        return await server.chat_completions(body)
+        return await server.chat_completions(body, request)
 
     @app.post("/v1/completions", openapi_extra=request_body(bodies["completions"]))
     async def completions(request: Request) -> Any:
         body = await server.read_json(request)
-        return await server.completions(body)
+        return await server.completions(body, request)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -199,16 +203,17 @@ class _Server:
                                     "tokens; shorten it")
 
     # -- generation ------------------------------------------------------------------------------
-    async def generate(self, inputs: list[Any], params: dict[str, Any]) -> list[Any]:
+    async def generate(self, inputs: list[Any], params: dict[str, Any], request: Request) -> list[Any]:
         """Run the engine in a worker thread, through the batcher when there is one.
 
         The engine's ConfigError/TemplateError are the caller's fault (400); overload is 503 and a
-        request that waited too long is 504, both with Retry-After so clients back off.
+        request that waited too long is 504, both with Retry-After so clients back off. A batched
+        request whose client hangs up is withdrawn from the batcher.
         """
         await self.check_inputs(inputs)
         try:
             if self.batcher is not None:
-                return await self.batcher.submit(inputs, params)
+                return await _unless_disconnected(request, self.batcher.submit(inputs, params))
             return await run_in_threadpool(partial(self.engine.generate, inputs, **params))
         except (QueueFull, ShuttingDown) as exc:
             raise ApiError(503, str(exc), "overloaded_error", {"Retry-After": str(exc.retry_after)}) from exc
@@ -226,7 +231,7 @@ class _Server:
                     for x in inputs]
         return await run_in_threadpool(render)
 
-    async def invocations(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async def invocations(self, body: dict[str, Any], request: Request) -> list[dict[str, Any]]:
         if "messages" in body:
             inputs = [body["messages"]]
         elif "inputs" in body:
@@ -239,18 +244,18 @@ class _Server:
         inputs = [_messages(x) if isinstance(x, list) else x for x in inputs]
         params = self.parameters(body.get("parameters"))
         full_text = params.get("return_full_text") is True
-        generations = await self.generate(inputs, params)
+        generations = await self.generate(inputs, params, request)
         prefixes = await self.prompt_texts(inputs) if full_text else [""] * len(inputs)
         return [{"generated_text": prefix + g.text,
                  "details": {"finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
                              "completion_tokens": g.completion_tokens}}
                 for prefix, g in zip(prefixes, generations)]
 
-    async def chat_completions(self, body: dict[str, Any]) -> Any:
+    async def chat_completions(self, body: dict[str, Any], request: Request) -> Any:
         self._check_openai_keys(body, OPENAI_CHAT_KEYS)
         messages = _messages(body.get("messages"))
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
-        (generation,) = await self.generate([messages], self._openai_parameters(body, limit))
+        (generation,) = await self.generate([messages], self._openai_parameters(body, limit), request)
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         usage = _usage([generation])
         if body.get("stream"):
@@ -260,14 +265,14 @@ class _Server:
                              "finish_reason": generation.finish_reason, "logprobs": None}],
                 "usage": usage}
 
-    async def completions(self, body: dict[str, Any]) -> Any:
+    async def completions(self, body: dict[str, Any], request: Request) -> Any:
         self._check_openai_keys(body, OPENAI_COMPLETION_KEYS)
         prompt = body.get("prompt")
         prompts = prompt if isinstance(prompt, list) else [prompt]
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ApiError(400, "'prompt' must be a string or a list of strings; each fills the template's "
                                 "one prompt column")
-        generations = await self.generate(prompts, self._openai_parameters(body, body.get("max_tokens")))
+        generations = await self.generate(prompts, self._openai_parameters(body, body.get("max_tokens")), request)
         reply_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.get("stream"):
             return _sse(_completion_chunks(reply_id, created, self.model_name, generations, body))
@@ -301,6 +306,24 @@ class _Server:
 
 def _error_response(status: int, message: str, type: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type}}, status_code=status, headers=headers)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result; if the client hangs up first, ``work`` is cancelled (so the batcher drops the
+    request) and a 499 raised that nobody reads. Uvicorn does not cancel a handler whose client left."""
+    async def client_gone() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(client_gone())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        task.cancel()  # nothing when it is done; when this handler is cancelled, the work stops too
+    if task not in done:
+        raise ApiError(499, "the client closed the connection before the answer was ready", "client_closed")
+    return task.result()
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
