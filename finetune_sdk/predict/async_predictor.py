@@ -31,7 +31,7 @@ class AsyncPredictor(PredictorBase):
         return cls(AsyncInProcessTransport(InProcessTransport.from_artifact(path, device=device)))
 
     @classmethod
-    def from_url(cls, url: str, api_key: str | None = None, *, timeout: float = 60.0,
+    def from_url(cls, url: str, api_key: str | None = None, *, timeout: float = 150.0,
                  max_retries: int = 3) -> "AsyncPredictor":
         """An HTTP endpoint that speaks ``/invocations``, retried exactly as ``Predictor.from_url`` is."""
         from .async_http import AsyncHttpTransport

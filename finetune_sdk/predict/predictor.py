@@ -57,7 +57,7 @@ class Predictor(PredictorBase):
         return cls(InProcessTransport.from_artifact(path, device=device))
 
     @classmethod
-    def from_url(cls, url: str, api_key: str | None = None, *, timeout: float = 60.0,
+    def from_url(cls, url: str, api_key: str | None = None, *, timeout: float = 150.0,
                  max_retries: int = 3) -> "Predictor":
         """An HTTP endpoint that speaks ``/invocations`` (our local server, a SageMaker container, TGI).
 

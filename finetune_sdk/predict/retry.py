@@ -22,7 +22,7 @@ from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_att
 from ..errors import (AuthenticationError, BadRequest, EndpointError, EndpointTimeout, EndpointUnavailable,
                       RateLimited)
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = 150.0  # above the server's default request timeout (120 s), whose 504 then arrives first
 DEFAULT_MAX_RETRIES = 3
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 8.0

@@ -4,28 +4,29 @@
     POST /invocations              {"inputs", "parameters"} or {"messages"} -> [{"generated_text", "details"}]
     POST /v1/chat/completions      OpenAI chat completions, plain or ``stream: true`` (SSE)
     POST /v1/completions           OpenAI completions; the prompt fills the template's one prompt column
-    GET  /v1/models                the one model this server holds
+    GET  /v1/models                the one model this server holds (GET /v1/models/{id} for it alone)
 
     GET  /openapi.json             the OpenAPI schema of these routes (request bodies included)
 
 Every error is ``{"error": {"message", "type"}}`` with a 4xx/5xx status: a request the server cannot
-use (bad JSON, wrong content type, unknown or out-of-range parameter, a prompt longer than the model
-takes) is refused with a 4xx before it reaches the model. Generation runs in a worker
+use (bad JSON, wrong content type, unknown field or out-of-range parameter, a prompt longer than the
+model takes) is refused with a 4xx before it reaches the model. Generation runs in a worker
 thread, so the event loop keeps answering /ping. With ``batching`` (the default) concurrent requests
 are collected by a DynamicBatcher and generated together; a full queue answers 503 with Retry-After
-at once and a request that waits too long answers 504. Without it, requests run one at a time (the
-engine serialises them with its own lock).
+at once, a request that waits too long answers 504, and a request whose client hangs up leaves the
+batch. Without it, requests run one at a time (the engine serialises them with its own lock).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
 import uuid
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Awaitable, Mapping, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,7 +42,11 @@ from .schema import MIN_TEMPERATURE, parameter_problems, request_body, request_s
 OPENAI_CHAT_KEYS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
                     "seed", "stream", "stream_options", "n", "user"}
 OPENAI_COMPLETION_KEYS = (OPENAI_CHAT_KEYS - {"messages", "max_completion_tokens"}) | {"prompt"}
+INVOCATION_KEYS = {"inputs", "messages", "parameters"}
 STREAM_CHUNK_WORDS = 4
+DISCONNECT_POLL_S = 0.1  # how often a request waiting for the batcher checks that its client is still there
+
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -88,6 +93,11 @@ def create_app(engine: Any, *, api_key: str | None = None, max_body_bytes: int =
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error_response(400, str(exc), "invalid_request_error")
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(500, f"the server failed on this request ({type(exc).__name__}); the server log "
+                                    "has the details", "server_error")
+
     @app.get("/ping")
     async def ping() -> dict[str, str]:
         return {"status": "ok"}
@@ -99,23 +109,29 @@ def create_app(engine: Any, *, api_key: str | None = None, max_body_bytes: int =
     @app.post("/invocations", openapi_extra=request_body(bodies["invocations"]))
     async def invocations(request: Request) -> Any:
         body = await server.read_json(request)
-        return await server.invocations(body)
+        return await server.invocations(body, request)
 
     @app.post("/v1/chat/completions", openapi_extra=request_body(bodies["chat"]))
     async def chat_completions(request: Request) -> Any:
         body = await server.read_json(request)
-        return await server.chat_completions(body)
+        return await server.chat_completions(body, request)
 
     @app.post("/v1/completions", openapi_extra=request_body(bodies["completions"]))
     async def completions(request: Request) -> Any:
         body = await server.read_json(request)
-        return await server.completions(body)
+        return await server.completions(body, request)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         server.check_key(request)
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "finetune-sdk"}]}
+        return {"object": "list", "data": [server.model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        server.check_key(request)
+        if model_id != model_name:
+            raise ApiError(404, f"model {model_id!r:.100} not found; this server holds {model_name!r}")
+        return server.model_card()
 
     return app
 
@@ -131,6 +147,9 @@ class _Server:
         self.max_body_bytes = max_body_bytes
         self.cap = max_new_tokens_cap
         self.model_name = model_name
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": 0, "owned_by": "finetune-sdk"}
 
     # -- request checks --------------------------------------------------------------------------
     def check_key(self, request: Request) -> None:
@@ -199,16 +218,17 @@ class _Server:
                                     "tokens; shorten it")
 
     # -- generation ------------------------------------------------------------------------------
-    async def generate(self, inputs: list[Any], params: dict[str, Any]) -> list[Any]:
+    async def generate(self, inputs: list[Any], params: dict[str, Any], request: Request) -> list[Any]:
         """Run the engine in a worker thread, through the batcher when there is one.
 
         The engine's ConfigError/TemplateError are the caller's fault (400); overload is 503 and a
-        request that waited too long is 504, both with Retry-After so clients back off.
+        request that waited too long is 504, both with Retry-After so clients back off. A batched
+        request whose client hangs up is withdrawn from the batcher.
         """
         await self.check_inputs(inputs)
         try:
             if self.batcher is not None:
-                return await self.batcher.submit(inputs, params)
+                return await _unless_disconnected(request, self.batcher.submit(inputs, params))
             return await run_in_threadpool(partial(self.engine.generate, inputs, **params))
         except (QueueFull, ShuttingDown) as exc:
             raise ApiError(503, str(exc), "overloaded_error", {"Retry-After": str(exc.retry_after)}) from exc
@@ -226,9 +246,13 @@ class _Server:
                     for x in inputs]
         return await run_in_threadpool(render)
 
-    async def invocations(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async def invocations(self, body: dict[str, Any], request: Request) -> list[dict[str, Any]]:
+        unknown = set(body) - INVOCATION_KEYS
+        if unknown:
+            raise ApiError(400, f"unknown fields {sorted(unknown)}; /invocations takes {sorted(INVOCATION_KEYS)} "
+                                "(generation parameters go inside 'parameters')")
         if "messages" in body:
-            inputs = [body["messages"]]
+            inputs = [_messages(body["messages"])]
         elif "inputs" in body:
             inputs = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
         else:
@@ -239,18 +263,18 @@ class _Server:
         inputs = [_messages(x) if isinstance(x, list) else x for x in inputs]
         params = self.parameters(body.get("parameters"))
         full_text = params.get("return_full_text") is True
-        generations = await self.generate(inputs, params)
+        generations = await self.generate(inputs, params, request)
         prefixes = await self.prompt_texts(inputs) if full_text else [""] * len(inputs)
         return [{"generated_text": prefix + g.text,
                  "details": {"finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
                              "completion_tokens": g.completion_tokens}}
                 for prefix, g in zip(prefixes, generations)]
 
-    async def chat_completions(self, body: dict[str, Any]) -> Any:
-        self._check_openai_keys(body, OPENAI_CHAT_KEYS)
+    async def chat_completions(self, body: dict[str, Any], request: Request) -> Any:
+        body = self._openai_body(body, OPENAI_CHAT_KEYS)
         messages = _messages(body.get("messages"))
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
-        (generation,) = await self.generate([messages], self._openai_parameters(body, limit))
+        (generation,) = await self.generate([messages], self._openai_parameters(body, limit), request)
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         usage = _usage([generation])
         if body.get("stream"):
@@ -260,14 +284,14 @@ class _Server:
                              "finish_reason": generation.finish_reason, "logprobs": None}],
                 "usage": usage}
 
-    async def completions(self, body: dict[str, Any]) -> Any:
-        self._check_openai_keys(body, OPENAI_COMPLETION_KEYS)
+    async def completions(self, body: dict[str, Any], request: Request) -> Any:
+        body = self._openai_body(body, OPENAI_COMPLETION_KEYS)
         prompt = body.get("prompt")
         prompts = prompt if isinstance(prompt, list) else [prompt]
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ApiError(400, "'prompt' must be a string or a list of strings; each fills the template's "
                                 "one prompt column")
-        generations = await self.generate(prompts, self._openai_parameters(body, body.get("max_tokens")))
+        generations = await self.generate(prompts, self._openai_parameters(body, body.get("max_tokens")), request)
         reply_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if body.get("stream"):
             return _sse(_completion_chunks(reply_id, created, self.model_name, generations, body))
@@ -276,10 +300,12 @@ class _Server:
                             for i, g in enumerate(generations)],
                 "usage": _usage(generations)}
 
-    def _check_openai_keys(self, body: dict[str, Any], known: set[str]) -> None:
+    def _openai_body(self, body: dict[str, Any], known: set[str]) -> dict[str, Any]:
+        """The body checked, without its null fields: OpenAI reads a null optional field as absent."""
         unknown = set(body) - known
         if unknown:
             raise ApiError(400, f"unsupported parameters {sorted(unknown)}; this server understands {sorted(known)}")
+        body = {k: v for k, v in body.items() if v is not None}
         if body.get("n", 1) != 1:
             raise ApiError(400, "n must be 1; send several requests for several replies")
         if not isinstance(body.get("stream", False), bool):
@@ -287,6 +313,7 @@ class _Server:
         temperature = body.get("temperature", 0)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
             raise ApiError(400, f"temperature must be a number from 0 to 2, got {temperature!r:.50}")
+        return body
 
     def _openai_parameters(self, body: dict[str, Any], limit: Any) -> dict[str, Any]:
         """OpenAI sampling fields as engine parameters: temperature > 0 samples, absent or 0 is greedy."""
@@ -303,6 +330,24 @@ def _error_response(status: int, message: str, type: str, headers: Mapping[str, 
     return JSONResponse({"error": {"message": message, "type": type}}, status_code=status, headers=headers)
 
 
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result; if the client hangs up first, ``work`` is cancelled (so the batcher drops the
+    request) and a 499 raised that nobody reads. Uvicorn does not cancel a handler whose client left."""
+    async def client_gone() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(client_gone())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        task.cancel()  # nothing when it is done; when this handler is cancelled, the work stops too
+    if task not in done:
+        raise ApiError(499, "the client closed the connection before the answer was ready", "client_closed")
+    return task.result()
+
+
 def _messages(value: Any) -> list[dict[str, str]]:
     """Chat messages checked and flattened: OpenAI's list-of-parts content becomes its joined text."""
     if not isinstance(value, list) or not value:
@@ -311,12 +356,23 @@ def _messages(value: Any) -> list[dict[str, str]]:
     for i, message in enumerate(value):
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
-            content = "".join(part.get("text", "") for part in content
-                              if isinstance(part, dict) and part.get("type") == "text")
+            content = _text_of_parts(content, i)
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(content, str):
             raise ApiError(400, f"message {i} must be {{'role': str, 'content': str}}, got {message!r:.200}")
         out.append({"role": message["role"], "content": content})
     return out
+
+
+def _text_of_parts(parts: list[Any], index: int) -> str:
+    """The joined text of OpenAI list-of-parts content; only text parts are understood."""
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text":
+            raise ApiError(400, f"message {index} has a content part of type {kind!r:.50}; this server takes only "
+                                "text parts, {'type': 'text', 'text': str}")
+        if not isinstance(part.get("text"), str):
+            raise ApiError(400, f"message {index} has a text part whose 'text' is not a string: {part!r:.200}")
+    return "".join(part["text"] for part in parts)
 
 
 def _include_usage(body: dict[str, Any]) -> bool:

@@ -14,7 +14,7 @@ a token for all rows, and a finished row leaves at once so a waiting input takes
 Errors, all ``BatcherError``:
 
     BatcherError
-    ├── QueueFull        the queue holds max_queue requests; answer 503 with Retry-After, never wait
+    ├── QueueFull        max_queue requests are waiting; answer 503 with Retry-After, never wait
     ├── ShuttingDown     the batcher is closing and takes no new work
     └── RequestTimeout   the request waited longer than request_timeout_s
 
@@ -107,7 +107,11 @@ class DynamicBatcher:
 
     @property
     def queued(self) -> int:
-        """Requests waiting for a batch (not counting the batch being generated)."""
+        """Requests waiting for a batch (not counting the batch being generated).
+
+        The worker takes requests off the queue only as rows free up (see ``_drain``), so the queue
+        holds every waiting request but the next batch's few.
+        """
         return self._queue.qsize() if self._queue is not None else 0
 
     async def submit(self, inputs: Sequence[Any], params: dict[str, Any]) -> list[Any]:
@@ -117,7 +121,7 @@ class DynamicBatcher:
                                self._retry_after())
         self._start()
         assert self._queue is not None
-        if self._queue.qsize() >= self.max_queue:
+        if self.queued >= self.max_queue:
             raise QueueFull(f"the server is overloaded: {self.max_queue} requests are already queued; "
                             "retry after the Retry-After delay", self._retry_after())
         request = _Request(list(inputs), dict(params), asyncio.get_running_loop().create_future())
@@ -164,7 +168,8 @@ class DynamicBatcher:
         waiting: deque[tuple[_Request, int, list[int]]] = deque()  # greedy inputs without a row yet
         while True:
             idle = not batch and not waiting
-            incoming = await self._collect() if idle else self._drain()
+            room = self.max_batch_size - len(batch) - len(waiting)
+            incoming = await self._collect() if idle else self._drain(room)
             others: dict[str, list[_Request]] = {}
             for request in incoming:
                 prepared = await self._prepare(request)
@@ -242,12 +247,14 @@ class DynamicBatcher:
             if request.unfinished == 0:
                 self._finish(request, request.results)
 
-    def _drain(self) -> list[_Request]:
-        """Everything queued right now, without waiting."""
+    def _drain(self, room: int) -> list[_Request]:
+        """Queued requests for the ``room`` free rows, without waiting; the rest stay queued, so the queue
+        bound (max_queue) counts them."""
         assert self._queue is not None
         taken = []
-        while not self._queue.empty():
+        while room > 0 and not self._queue.empty():
             taken.append(self._queue.get_nowait())
+            room -= len(taken[-1].inputs)
         return taken
 
     async def _collect(self) -> list[_Request]:

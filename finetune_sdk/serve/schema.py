@@ -85,8 +85,9 @@ def parameter_problems(params: Mapping[str, Any], cap: int) -> list[str]:
 _MESSAGE = {"type": "object", "required": ["role", "content"],
             "properties": {"role": {"type": "string", "example": "user"},
                            "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {
-                               "type": "object", "properties": {"type": {"type": "string"},
-                                                                "text": {"type": "string"}}}}]}}}
+                               "type": "object", "required": ["type", "text"],
+                               "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                               "description": "text parts only"}}]}}}
 _MESSAGES = {"type": "array", "minItems": 1, "items": _MESSAGE, "description": "a chat conversation"}
 _ROW = {"type": "object", "additionalProperties": {"type": "string"},
         "description": "template columns, e.g. {\"questionText\": \"...\"}"}
@@ -107,18 +108,23 @@ def request_schemas(cap: int) -> dict[str, dict[str, Any]]:
         "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED}, "stream": {"type": "boolean"},
         "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
         "n": {"type": "integer", "enum": [1]}, "user": {"type": "string"}}
+    chat_only = {"max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": cap}}
     return {
         "invocations": {"type": "object", "additionalProperties": False, "properties": {
             "inputs": _INPUTS,
             "messages": _MESSAGES,
             "parameters": {"type": "object", "additionalProperties": False, "properties": params}}},
         "chat": {"type": "object", "required": ["messages"], "additionalProperties": False, "properties": {
-            **openai_common, "messages": _MESSAGES,
-            "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": cap}}},
+            **_or_null({**openai_common, **chat_only}), "messages": _MESSAGES}},
         "completions": {"type": "object", "required": ["prompt"], "additionalProperties": False, "properties": {
-            **openai_common, "prompt": {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1,
-                                                                        "items": {"type": "string"}}]}}},
+            **_or_null(openai_common), "prompt": {"anyOf": [
+                {"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]}}},
     }
+
+
+def _or_null(fields: dict[str, Any]) -> dict[str, Any]:
+    """Optional OpenAI fields, each also allowed as null: OpenAI reads a null field as absent."""
+    return {name: {"anyOf": [schema, {"type": "null"}]} for name, schema in fields.items()}
 
 
 def request_body(schema: dict[str, Any]) -> dict[str, Any]:

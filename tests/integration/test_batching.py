@@ -7,6 +7,7 @@ and, for the overload and timeout tests, to make the model slow on purpose (faul
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -15,17 +16,19 @@ import httpx
 import pytest
 
 from finetune_sdk.serve.app import create_app
-from finetune_sdk.serve.batcher import DynamicBatcher, ShuttingDown
+from finetune_sdk.serve.batcher import DynamicBatcher, QueueFull, ShuttingDown
 from tests.integration.test_server import ThreadedServer, engine, tuner  # noqa: F401  (module fixtures)
 
 
 class RecordingEngine:
     """The real engine, recording the inputs of every generate call and the rows of every decode step of
-    its continuous batch; each of those model calls ``delay`` seconds slower when set."""
+    its continuous batch; each of those model calls ``delay`` seconds slower when set, and each decode step
+    waits for a release of ``gate`` when one is given."""
 
-    def __init__(self, engine: Any, delay: float = 0.0) -> None:
+    def __init__(self, engine: Any, delay: float = 0.0, gate: threading.Semaphore | None = None) -> None:
         self.engine = engine
         self.delay = delay
+        self.gate = gate
         self.calls: list[list[Any]] = []
         self.steps: list[list[Any]] = []  # the row tags at each decode step
 
@@ -40,6 +43,8 @@ class RecordingEngine:
         class RecordingBatch:
             def step(self) -> Any:
                 recorder.steps.append([row.tag for row in batch.rows])
+                if recorder.gate is not None:
+                    recorder.gate.acquire()
                 time.sleep(recorder.delay)
                 return batch.step()
 
@@ -215,6 +220,38 @@ def test_overload_answers_503_with_retry_after_never_hangs(engine):
         if r.status_code == 503:
             assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["type"] == "overloaded_error"
     assert elapsed < 15  # the 503s come at once, not after the queue drains
+
+
+def test_requests_waiting_between_decode_steps_count_against_the_queue_bound(engine, questions, alone):
+    """max_queue bounds every request not yet decoding, also those that arrived while the batch was running."""
+    long = next(q for q in questions if alone[q].finish_reason == "length")  # its row outlasts two steps
+
+    async def scenario() -> list[BaseException | None]:
+        gate = threading.Semaphore(0)
+        gated = RecordingEngine(engine, gate=gate)
+        batcher = DynamicBatcher(gated, max_batch_size=1, max_queue=2, max_wait_ms=0)
+        body = {"max_new_tokens": 8}
+
+        async def steps_reach(count: int) -> None:
+            while len(gated.steps) < count:
+                await asyncio.sleep(0.01)
+
+        decoding = asyncio.create_task(batcher.submit([long], body))
+        await asyncio.wait_for(steps_reach(1), 60)  # its row fills the batch; the step waits at the gate
+        queued = [asyncio.create_task(batcher.submit([f"hello {i}"], body)) for i in range(2)]
+        await asyncio.sleep(0)  # both are queued
+        gate.release()  # one decode step; the worker takes new work between steps
+        await asyncio.wait_for(steps_reach(2), 60)
+        late = asyncio.create_task(batcher.submit(["one too many"], body))
+        await asyncio.sleep(0)
+        outcome = [late.exception() if late.done() else None]
+        gate.release(1000)  # let everything finish
+        await asyncio.gather(decoding, *queued, late, return_exceptions=True)
+        await batcher.close()
+        return outcome
+
+    (refused,) = asyncio.run(scenario())
+    assert isinstance(refused, QueueFull), "two requests were waiting, yet a third was queued"
 
 
 def test_a_request_waiting_too_long_is_504(engine):

@@ -5,39 +5,52 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import socket
-import subprocess
-import sys
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
-import pytest
 
-from finetune_sdk import Predictor
-from finetune_sdk.deployers.local import LocalServer, free_port
+from finetune_sdk import AsyncPredictor, Predictor
+from finetune_sdk.deployers.local import LocalServer, LocalServerDeployer, free_port
+from finetune_sdk.predict.retry import DEFAULT_TIMEOUT
 from finetune_sdk.serve.app import create_app
+from finetune_sdk.serve.batcher import DEFAULT_REQUEST_TIMEOUT_S
 from tests.integration.test_batching import RecordingEngine
 from tests.integration.test_server import MESSAGES, QUESTION, ThreadedServer, engine, tuner  # noqa: F401
 
 BODY = {"inputs": QUESTION, "parameters": {"max_new_tokens": 8}}
 
 
-def hang_up_after(url: str, body: bytes, read: int) -> None:
-    """Send a request on a raw socket, read ``read`` bytes of the answer (0: none), then reset the connection."""
+def send_raw(url: str, route: str, body: bytes) -> socket.socket:
+    """A connection on which a POST of ``body`` to ``route`` has been sent and nothing read yet."""
     host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+                 + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return sock
+
+
+def hang_up(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+    sock.close()
+
+
+def hang_up_after(url: str, body: bytes, read: int) -> None:
+    """Send a chat request on a raw socket, read ``read`` bytes of the answer (0: none), then reset the connection."""
+    sock = send_raw(url, "/v1/chat/completions", body)
+    try:
         if read:
             assert sock.recv(read).startswith(b"HTTP/1.1 200")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+    finally:
+        hang_up(sock)
 
 
 def test_clients_hanging_up_mid_stream_and_mid_generation_do_not_hurt_others(engine):
-    import json
-
     slow = RecordingEngine(engine, delay=0.2)
     stream = json.dumps({"messages": MESSAGES, "max_tokens": 8, "stream": True}).encode()
     with ThreadedServer(create_app(slow, max_wait_ms=0)) as server:
@@ -53,7 +66,41 @@ def test_clients_hanging_up_mid_stream_and_mid_generation_do_not_hurt_others(eng
         assert httpx.get(f"{server.url}/ping").status_code == 200
         assert httpx.post(f"{server.url}/invocations", json=BODY, timeout=60).json() == reference
         assert server.thread.is_alive()
-    assert len(slow.calls) < 1 + 21 + 1 + 1, "requests of clients that had gone were all generated anyway"
+
+
+def test_the_row_of_a_client_that_hung_up_leaves_the_batch(engine):
+    """Uvicorn does not cancel a handler whose client left; the server must notice and stop decoding its row.
+
+    Three clients hang up once their row is decoding; a fourth asks for the same reply and waits for it.
+    Every row then decodes the same number of steps unless the rows of the clients that left are dropped.
+    """
+    tokens = 40
+    (alone,) = engine.generate([QUESTION], max_new_tokens=tokens)
+    assert alone.finish_reason == "length", "the reply must run to its limit, or step counts prove nothing"
+    body = {"inputs": QUESTION, "parameters": {"max_new_tokens": tokens}}
+    slow = RecordingEngine(engine, delay=0.1)
+    with ThreadedServer(create_app(slow, max_wait_ms=0)) as server:
+        for left in range(1, 4):
+            sock = send_raw(server.url, "/invocations", json.dumps(body).encode())
+            deadline = time.monotonic() + 60
+            while len({tag[0] for tags in slow.steps for tag in tags}) < left:  # until its row is decoding
+                assert time.monotonic() < deadline, "the request never reached the decode batch"
+                time.sleep(0.01)
+            hang_up(sock)
+        kept = httpx.post(f"{server.url}/invocations", json=body, timeout=120).json()
+    assert kept[0]["generated_text"] == alone.text
+    steps_per_request = list(Counter(tag[0] for tags in slow.steps for tag in tags).values())  # in order of arrival
+    print(f"rows decoded per request: {steps_per_request}")
+    *gone, full = steps_per_request
+    assert len(gone) == 3 and max(gone) < full, f"rows decoded per request: {steps_per_request}"
+
+
+def test_the_client_waits_longer_than_the_server_lets_a_request_wait():
+    """A client that gave up first would send the request again while the server still generates the first copy;
+    a server that gives up first answers 504 with Retry-After, which the client honours."""
+    assert DEFAULT_TIMEOUT > DEFAULT_REQUEST_TIMEOUT_S
+    for method in (Predictor.from_url, AsyncPredictor.from_url, LocalServerDeployer.deploy):
+        assert inspect.signature(method).parameters["timeout"].default == DEFAULT_TIMEOUT, method
 
 
 def test_predictor_survives_a_server_restart_mid_run(tuner):

@@ -133,6 +133,41 @@ def test_openai_completion_fills_the_prompt_column(url, engine):
     assert [m.id for m in client.models.list().data] == ["tiny"]
 
 
+def test_openai_null_fields_mean_absent(url, engine):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    nulls = {name: None for name in ("temperature", "top_p", "n", "stream", "stop", "seed", "stream_options", "user",
+                                     "max_completion_tokens")}
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, extra_body=nulls)
+    assert reply.choices[0].message.content == expected(engine, MESSAGES)
+    assert reply.usage.completion_tokens <= 8  # max_completion_tokens: null leaves max_tokens in force
+    completion = client.completions.create(model="tiny", prompt=QUESTION, max_tokens=8,
+                                           extra_body={k: v for k, v in nulls.items() if k != "max_completion_tokens"})
+    assert completion.choices[0].text == expected(engine, QUESTION)
+    with Predictor.from_url(url) as predictor:  # the SDK's own client sends None as null too
+        streamed = "".join(predictor.stream(MESSAGES, max_new_tokens=8, temperature=None, seed=None))
+        assert streamed == predictor.chat(MESSAGES, max_new_tokens=8, temperature=None).text
+
+
+def test_openai_content_parts_must_be_text(url, engine):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    question = [{"type": "text", "text": "I haven't slept "}, {"type": "text", "text": "properly since March."}]
+    reply = client.chat.completions.create(model="tiny", max_tokens=8, messages=[*MESSAGES[:-1], {
+        "role": "user", "content": question}])
+    assert reply.choices[0].message.content == expected(engine, MESSAGES)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    for parts, message in (([*question, image], "takes only text parts"),
+                           ([{"type": "text", "text": 5}], "'text' is not a string")):
+        with pytest.raises(openai.BadRequestError, match=message):
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": parts}])
+
+
+def test_openai_models_retrieve(url):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    assert client.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError, match="model 'gpt-4o' not found; this server holds 'tiny'"):
+        client.models.retrieve("gpt-4o")
+
+
 # -- /invocations with plain httpx -----------------------------------------------------------------------
 @pytest.mark.parametrize("body, source", [
     ({"inputs": QUESTION}, QUESTION),
@@ -218,7 +253,7 @@ def test_malformed_requests(url, keyed_url):
     post = f"{url}/invocations"
     assert httpx.post(post, content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
     assert httpx.post(post, content=b"hello", headers={"Content-Type": "text/plain"}).status_code == 415
-    assert httpx.post(post, json={"prompt": "x"}).json()["error"]["message"].startswith("the body needs 'inputs'")
+    assert httpx.post(post, json={}).json()["error"]["message"].startswith("the body needs 'inputs'")
     assert httpx.post(post, json={"messages": [{"role": "user"}]}).status_code == 400
     over_cap = httpx.post(f"{keyed_url}/invocations", headers={"Authorization": f"Bearer {KEY}"},
                           json={"inputs": "x", "parameters": {"max_new_tokens": 17}})
@@ -228,6 +263,29 @@ def test_malformed_requests(url, keyed_url):
             model="tiny", messages=MESSAGES, tools=[{"type": "function", "function": {"name": "f"}}])
     missing = httpx.get(f"{url}/nowhere")
     assert missing.status_code == 404 and "error" in missing.json()
+
+
+class BrokenEngine:
+    """Fault injection: the engine fails in a way the server does not expect (a bug, not a bad request)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def prompt_ids(self, source: Any) -> list[int]:
+        raise RuntimeError("simulated bug")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
+def test_an_unexpected_error_is_a_json_500(engine):
+    from finetune_sdk.serve.app import create_app
+
+    with ThreadedServer(create_app(BrokenEngine(engine))) as server:
+        response = httpx.post(f"{server.url}/invocations", json={"inputs": QUESTION}, timeout=60)
+    assert response.status_code == 500
+    assert response.json() == {"error": {"message": "the server failed on this request (RuntimeError); the server "
+                                                    "log has the details", "type": "server_error"}}
 
 
 def test_public_bind_without_a_key_is_refused(tuner):

@@ -281,7 +281,15 @@ SERVER_CASES = [
      "stop must be a string or a list of strings"),
     ("body over the size limit", "/invocations", {"json": {"inputs": "x" * 3000}}, BadRequest, 413,
      "the body is larger than 2000 bytes"),
-    ("no inputs", "/invocations", {"json": {"prompt": "hi"}}, BadRequest, 400, "the body needs 'inputs'"),
+    ("no inputs", "/invocations", {"json": {"parameters": {"max_new_tokens": 2}}}, BadRequest, 400,
+     "the body needs 'inputs'"),
+    ("misspelled field", "/invocations", {"json": {"inputs": "hi", "parameter": {"max_new_tokens": 2}}}, BadRequest,
+     400, "unknown fields ['parameter']; /invocations takes ['inputs', 'messages', 'parameters']"),
+    ("messages that are not a list", "/invocations", {"json": {"messages": {"role": "user", "content": "hi"}}},
+     BadRequest, 400, "'messages' must be a non-empty list"),
+    ("content part whose text is not a string", "/invocations",
+     {"json": {"messages": [{"role": "user", "content": [{"type": "text", "text": ["x"]}]}]}}, BadRequest, 400,
+     "message 0 has a text part whose 'text' is not a string"),
     ("input without the template's column", "/invocations", {"json": {"inputs": {"question": "hi"}}}, BadRequest,
      400, "row has no value for ['questionText']"),
     ("prompt longer than the model takes", "/invocations", {"json": {"inputs": "word " * 300}}, BadRequest, 400,
@@ -294,6 +302,9 @@ SERVER_CASES = [
     ("stream flag that is not a boolean", "/v1/chat/completions",
      {"json": {"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}}, BadRequest, 400,
      "stream must be true or false"),
+    ("image content part", "/v1/chat/completions", {"json": {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]}}, BadRequest, 400,
+     "content part of type 'image_url'; this server takes only text parts"),
 ]
 
 
