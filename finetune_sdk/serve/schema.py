@@ -69,7 +69,7 @@ PARAMETERS: dict[str, Rule] = {
 }
 
 
-def parameter_problems(params: Mapping[str, Any], cap: int) -> list[str]:
+def parameter_problems(params: Mapping[str, Any], cap: float) -> list[str]:
     """Every problem with ``params`` (unknown names, wrong types, out of range, over the cap)."""
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:
