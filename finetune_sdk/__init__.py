@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from .artifact import Artifact
 from .errors import (ArtifactError, AuthenticationError, BadRequest, CloudError, ConfigError, DataError, EmptyDatasetError,
                      EndpointError, EndpointTimeout, EndpointUnavailable, FineTuneError, MissingColumnError,
-                     MissingDependencyError, ModelError, RateLimited, TemplateError, TrainingError,
+                     MissingDependencyError, ModelError, PortInUseError, RateLimited, TemplateError, TrainingError,
                      UnsupportedFileError)
 from .predict import AsyncPredictor, MockTransport, Prediction, Predictor
 from .spec import JobSpec, LoraSettings, TrainingSettings
@@ -22,6 +22,6 @@ __all__ = [
     "Artifact", "ArtifactError", "AsyncPredictor", "AuthenticationError", "BadRequest", "CloudError", "ConfigError", "DataError",
     "EmptyDatasetError", "EndpointError", "EndpointTimeout", "EndpointUnavailable", "FineTuneError", "FineTuner",
     "JobSpec", "LoraSettings", "MissingColumnError", "MissingDependencyError", "MockTransport",
-    "ModelError", "Prediction", "Predictor", "PromptTemplate", "RateLimited", "TemplateError", "TrainingError",
-    "TrainingSettings", "UnsupportedFileError", "__version__",
+    "ModelError", "PortInUseError", "Prediction", "Predictor", "PromptTemplate", "RateLimited", "TemplateError",
+    "TrainingError", "TrainingSettings", "UnsupportedFileError", "__version__",
 ]

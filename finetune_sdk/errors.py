@@ -2,7 +2,8 @@
 
     FineTuneError
     ├── ConfigError            bad settings, spec or template
-    │   └── TemplateError      unknown placeholder, bad format string, template not prefix-stable
+    │   ├── TemplateError      unknown placeholder, bad format string, template not prefix-stable
+    │   └── PortInUseError     the port asked for a local server is taken by another process
     ├── DataError              the dataset cannot be used
     │   ├── MissingColumnError
     │   ├── EmptyDatasetError
@@ -36,6 +37,10 @@ class ConfigError(FineTuneError, ValueError):
 
 class TemplateError(ConfigError):
     """A prompt template is malformed or does not fit the tokenizer or dataset."""
+
+
+class PortInUseError(ConfigError):
+    """The port asked for a local server is already taken by another process."""
 
 
 class DataError(FineTuneError, ValueError):

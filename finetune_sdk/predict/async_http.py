@@ -14,7 +14,7 @@ import httpx
 
 from .base import SseDecoder
 from .retry import (DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, async_retrying, auth_headers, check_max_retries,
-                    json_body, mapped_errors, status_error)
+                    checked_url, json_body, mapped_errors, status_error)
 
 
 class AsyncHttpTransport:
@@ -24,7 +24,7 @@ class AsyncHttpTransport:
                  max_retries: int = DEFAULT_MAX_RETRIES, *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         check_max_retries(max_retries)
-        self.url = url.rstrip("/")
+        self.url = checked_url(url)
         self.max_retries = max_retries
         self.sleep = sleep
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout), headers=auth_headers(api_key))

@@ -14,7 +14,7 @@ import httpx
 
 from .base import SseDecoder
 from .retry import (DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, INITIAL_BACKOFF, MAX_BACKOFF, auth_headers,
-                    check_max_retries, is_retryable, json_body, mapped_errors, retrying, status_error)
+                    check_max_retries, checked_url, is_retryable, json_body, mapped_errors, retrying, status_error)
 
 __all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "INITIAL_BACKOFF", "MAX_BACKOFF", "HttpTransport",
            "is_retryable", "status_error"]
@@ -26,7 +26,7 @@ class HttpTransport:
     def __init__(self, url: str, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  max_retries: int = DEFAULT_MAX_RETRIES, *, sleep: Callable[[float], None] = time.sleep) -> None:
         check_max_retries(max_retries)
-        self.url = url.rstrip("/")
+        self.url = checked_url(url)
         self.max_retries = max_retries
         self.sleep = sleep
         self.client = httpx.Client(timeout=httpx.Timeout(timeout), headers=auth_headers(api_key))

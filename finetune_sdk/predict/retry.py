@@ -19,8 +19,8 @@ from typing import Any, Awaitable, Callable, Iterator
 import httpx
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_attempt
 
-from ..errors import (AuthenticationError, BadRequest, EndpointError, EndpointTimeout, EndpointUnavailable,
-                      RateLimited)
+from ..errors import (AuthenticationError, BadRequest, ConfigError, EndpointError, EndpointTimeout,
+                      EndpointUnavailable, RateLimited)
 
 DEFAULT_TIMEOUT = 150.0  # above the server's default request timeout (120 s), whose 504 then arrives first
 DEFAULT_MAX_RETRIES = 3
@@ -31,6 +31,19 @@ MAX_BACKOFF = 8.0
 def check_max_retries(max_retries: int) -> None:
     if max_retries < 0:
         raise ValueError(f"max_retries={max_retries}; use 0 (no retries) or more")
+
+
+def checked_url(url: str) -> str:
+    """``url`` without a trailing slash, once it is an http(s) URL with a host: a bad one fails here, not after
+    retries."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"endpoint URL {url!r} is not an http:// or https:// URL with a host; add the scheme, "
+                          "for example 'http://127.0.0.1:8080'")
+    return url.rstrip("/")
 
 
 def retrying(max_retries: int, sleep: Callable[[float], None] = time.sleep) -> Retrying:

@@ -26,6 +26,7 @@ from ..errors import ConfigError, FineTuneError, MissingDependencyError
 from .batcher import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, DEFAULT_REQUEST_TIMEOUT_S
 
 API_KEY_ENV = "FINETUNE_SDK_API_KEY"
+SERVER_ID_ENV = "FINETUNE_SDK_SERVER_ID"  # echoed on /ping, so the process that started the server knows it is ours
 SAGEMAKER_ENV = "FINETUNE_SDK_SAGEMAKER"
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"  # where SageMaker puts model.tar.gz's contents; SM_MODEL_DIR overrides
 SAGEMAKER_COMMAND = "serve"  # the argument SageMaker runs an inference image with
@@ -125,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(engine, api_key=api_key, max_new_tokens_cap=args.max_new_tokens_cap,
                          model_name=args.model or Path(args.artifact).resolve().name, batching=args.batching,
                          max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                         max_queue=args.max_queue, request_timeout_s=args.request_timeout)
+                         max_queue=args.max_queue, request_timeout_s=args.request_timeout,
+                         server_id=os.environ.get(SERVER_ID_ENV))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ConfigError
 from .batcher import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, DEFAULT_REQUEST_TIMEOUT_S,
                       DynamicBatcher, QueueFull, RequestTimeout, ShuttingDown)
-from .schema import MIN_TEMPERATURE, parameter_problems, request_body, request_schemas
+from .schema import MIN_TEMPERATURE, SERVER_ID_HEADER, parameter_problems, request_body, request_schemas
 
 OPENAI_CHAT_KEYS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
                     "seed", "stream", "stream_options", "n", "user"}
@@ -62,10 +62,12 @@ class ApiError(Exception):
 def create_app(engine: Any, *, api_key: str | None = None, max_body_bytes: int = 1_000_000,
                max_new_tokens_cap: int = 1024, model_name: str = "finetune-sdk", batching: bool = True,
                max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-               max_queue: int = DEFAULT_MAX_QUEUE, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> FastAPI:
+               max_queue: int = DEFAULT_MAX_QUEUE, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+               server_id: str | None = None) -> FastAPI:
     """A FastAPI app serving ``engine`` (a loaded GenerationEngine); uvicorn or a test client runs it.
 
     ``batching=False`` keeps the one-request-at-a-time path, e.g. to measure what batching buys.
+    ``server_id`` is echoed on /ping (header X-Finetune-Sdk-Server-Id) for the process that started it.
     """
     batcher = (DynamicBatcher(engine, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                               request_timeout_s=request_timeout_s) if batching else None)
@@ -99,8 +101,8 @@ def create_app(engine: Any, *, api_key: str | None = None, max_body_bytes: int =
                                     "has the details", "server_error")
 
     @app.get("/ping")
-    async def ping() -> dict[str, str]:
-        return {"status": "ok"}
+    async def ping() -> JSONResponse:
+        return JSONResponse({"status": "ok"}, headers={SERVER_ID_HEADER: server_id} if server_id else None)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The generation engine: an artifact (or a bare base model) plus its template, ready to answer.
 
 Prompts are encoded with the same Encoder that built the training examples, so an inference prompt is
-token-for-token a training prompt; generation stops at the template's end-of-turn token.
+token-for-token a training prompt; generation stops at the template's end-of-turn token or a stop string.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..artifact import Artifact
 from ..encoding import Encoder
@@ -139,10 +140,14 @@ class GenerationEngine:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         device = next(self.model.parameters()).device
         stop_ids = self.encoder.stop_token_ids
+        stops = StopStrings(self.tokenizer, settings.stop, width)
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), eos_token_id=stop_ids,
-                                  pad_token_id=pad, max_new_tokens=settings.max_new_tokens, **settings.extra)
+                                  pad_token_id=pad, max_new_tokens=settings.max_new_tokens,
+                                  stopping_criteria=StoppingCriteriaList([stops] if settings.stop else []),
+                                  **settings.extra)
         results = []
-        for prompt, row in zip(prompts, out[:, width:].tolist()):
+        for j, (prompt, row) in enumerate(zip(prompts, out[:, width:].tolist())):
+            row = row[:stops.lengths.get(j, len(row))]  # a row that reached a stop string ends there
             ended = next((i for i, t in enumerate(row) if t in stop_ids), None)
             tokens = row[:ended] if ended is not None else row
             results.append(finish(self.tokenizer, tokens, ended is not None, settings.stop, len(prompt)))
@@ -160,6 +165,23 @@ class GenerationEngine:
         while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
             n += 1
         return a[:n]
+
+
+class StopStrings(StoppingCriteria):
+    """Ends each row of a ``model.generate`` batch at the first token after which its reply holds a stop
+    string, as the continuous batch does; ``lengths`` records how many tokens each such row had then."""
+
+    def __init__(self, tokenizer: Any, stop: list[str], prompt_width: int) -> None:
+        self.tokenizer, self.stop, self.prompt_width = tokenizer, stop, prompt_width
+        self.lengths: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        for i, row in enumerate(input_ids[:, self.prompt_width:].tolist()):
+            if i not in self.lengths:
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                if any(s and s in text for s in self.stop):
+                    self.lengths[i] = len(row)
+        return torch.tensor([i in self.lengths for i in range(len(input_ids))], device=input_ids.device)
 
 
 def _local_or(artifact_dir: Path, ref: ModelRef) -> ModelRef:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 MAX_SEED = 2**63 - 1
 MAX_STOP_STRINGS = 16
 MIN_TEMPERATURE = 0.01  # below this, logits / temperature overflows to inf and sampling breaks
+SERVER_ID_HEADER = "X-Finetune-Sdk-Server-Id"  # /ping's echo of the id the server was started with
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ PARAMETERS: dict[str, Rule] = {
 }
 
 
-def parameter_problems(params: Mapping[str, Any], cap: int) -> list[str]:
+def parameter_problems(params: Mapping[str, Any], cap: float) -> list[str]:
     """Every problem with ``params`` (unknown names, wrong types, out of range, over the cap)."""
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:

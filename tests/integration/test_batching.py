@@ -295,3 +295,16 @@ def test_continuous_decoding_equals_model_generate(engine, questions):
         tokens = tokens[:next((i for i, t in enumerate(tokens) if t in stop), len(tokens))]
         assert generation.completion_tokens == len(tokens)
         assert generation.text == engine.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def test_a_stop_string_ends_generation_alike_in_the_continuous_batch_and_in_model_generate(engine, questions):
+    """Greedy decoding runs in the continuous batch; sampling runs through ``model.generate`` (and top_k=1
+    samples the greedy tokens). Both stop at the token that completes a stop string and count tokens up to it."""
+    full = engine.generate([questions[0]], max_new_tokens=16)[0]
+    words = full.text.split()
+    assert full.finish_reason == "length" and len(words) > 2, full
+    stop = words[len(words) // 2]
+    greedy = engine.generate([questions[0]], max_new_tokens=16, stop=stop)[0]
+    sampled = engine.generate([questions[0]], max_new_tokens=16, stop=stop, do_sample=True, top_k=1)[0]
+    assert greedy.finish_reason == "stop" and greedy.completion_tokens < full.completion_tokens
+    assert sampled == greedy

@@ -322,3 +322,12 @@ def test_bad_request(server_url, name, route, sent, error, status, phrase):
     assert type(raised) is error and phrase in str(raised)
     # nothing left half-done: the same server answers a good request at once
     assert httpx.post(f"{server_url}/invocations", json=GOOD, headers=AUTH, timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080", "localhost:8080", "http://", "ftp://example.com"])
+def test_an_endpoint_url_that_is_not_http_is_refused_at_once(url):
+    from finetune_sdk import AsyncPredictor, Predictor
+
+    for client in (Predictor, AsyncPredictor):
+        with pytest.raises(ConfigError, match=f"{url!r} is not an http:// or https:// URL with a host; add"):
+            client.from_url(url)
