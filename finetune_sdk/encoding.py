@@ -11,13 +11,14 @@ model was trained on. Three rules hold for every template:
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
 from .errors import TemplateError
-from .template import PromptTemplate
+from .template import Part, PromptTemplate
 
 IGNORE_INDEX = -100
 Truncation = Literal["prompt", "drop"]
@@ -61,6 +62,11 @@ class _Piece:
     text: str
     from_row: bool  # user/row text: special-token strings inside stay plain text
     trained: bool
+    parts: tuple[Part, ...] = ()  # what row text is made of: the row's values and the template's wording
+
+
+def _row_piece(parts: Sequence[Part], trained: bool) -> _Piece:
+    return _Piece("".join(text for text, _ in parts), True, trained, tuple(parts))
 
 
 class Encoder:
@@ -128,18 +134,18 @@ class Encoder:
         if self.template.kind == "plain":
             if not isinstance(source, Mapping):
                 raise TemplateError("a plain template takes a row of columns, not chat messages")
-            return [_Piece(self.template.prompt_text(source), True, False)]
-        messages = (list(source) if not isinstance(source, Mapping)
-                    else self.template.conversation(source, with_completion=False))
-        return self._chat_pieces(messages, add_generation_prompt=True)
+            return [_row_piece(self.template.prompt_parts(source), trained=False)]
+        conversation = (self.template.conversation_parts(source, with_completion=False) if isinstance(source, Mapping)
+                        else [(m["role"], [(m["content"], True)]) for m in source])
+        return self._chat_pieces(conversation, add_generation_prompt=True)
 
     # -- pieces ----------------------------------------------------------------------------------
     def _pieces(self, row: Mapping[str, Any]) -> list[_Piece]:
         if self.template.kind == "plain":
-            return [_Piece(self.template.prompt_text(row), True, False),
+            return [_row_piece(self.template.prompt_parts(row), trained=False),
                     _Piece(self.template.completion_text(row), True, True),
                     _Piece(self.tokenizer.eos_token, False, True)]
-        return self._chat_pieces(self.template.conversation(row), add_generation_prompt=False)
+        return self._chat_pieces(self.template.conversation_parts(row), add_generation_prompt=False)
 
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         if not messages:
@@ -150,10 +156,11 @@ class Encoder:
         except Exception as exc:  # jinja raises on roles the template does not support
             raise TemplateError(f"the tokenizer's chat template rejected these messages: {exc}") from exc
 
-    def _chat_pieces(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool) -> list[_Piece]:
-        """Split the rendered conversation into prompt pieces and trained assistant replies."""
-        contents = [m["content"] for m in messages]
-        masked = [{"role": m["role"], "content": _sentinel(i)} for i, m in enumerate(messages)]
+    def _chat_pieces(self, conversation: Sequence[tuple[str, Sequence[Part]]],
+                     add_generation_prompt: bool) -> list[_Piece]:
+        """Split the rendered conversation, (role, content parts) per message, into prompt pieces and trained
+        assistant replies."""
+        masked = [{"role": role, "content": _sentinel(i)} for i, (role, _) in enumerate(conversation)]
         pieces: list[_Piece] = []
         done = ""
         for a, message in enumerate(masked):
@@ -169,14 +176,14 @@ class Encoder:
             if end < 0:
                 raise TemplateError(f"the chat template does not end assistant turns with {self.end_of_turn!r}")
             end += len(self.end_of_turn)
-            pieces += _split(prompt[len(done):], contents, trained=False)
-            pieces += _split(reply[:end], contents, trained=True)
+            pieces += _split(prompt[len(done):], conversation, trained=False)
+            pieces += _split(reply[:end], conversation, trained=True)
             done = full[:len(prompt) + end]
         if add_generation_prompt:
             prompt = self._render(masked, add_generation_prompt=True)
             if not prompt.startswith(done):
                 raise TemplateError("the chat template renders a conversation differently from its prefix")
-            pieces += _split(prompt[len(done):], contents, trained=False)
+            pieces += _split(prompt[len(done):], conversation, trained=False)
         return pieces
 
     def _find_end_of_turn(self) -> str:
@@ -214,33 +221,62 @@ class Encoder:
         return cached
 
     def _truncate_prompt(self, pieces: list[_Piece]) -> Encoded | None:
-        """Cut the end of the longest untrained row text until the example fits; keep the completion."""
-        token_lists = [self._ids(p) for p in pieces]
-        excess = len(self._bos_prefix) + sum(map(len, token_lists)) - self.max_length
-        cuttable = [i for i, p in enumerate(pieces) if p.from_row and not p.trained]
-        for i in sorted(cuttable, key=lambda i: -len(token_lists[i])):
-            cut = min(excess, len(token_lists[i]))
-            token_lists[i] = token_lists[i][:len(token_lists[i]) - cut]
-            excess -= cut
-            if excess <= 0:
-                break
-        if excess > 0:
-            return None
-        ids, labels = list(self._bos_prefix), [IGNORE_INDEX] * len(self._bos_prefix)
-        for piece, toks in zip(pieces, token_lists):
-            ids += toks
-            labels += toks if piece.trained else [IGNORE_INDEX] * len(toks)
-        return Encoded(ids, labels, truncated=True)
+        """Cut the row values in the prompt until the example fits; None when it does not fit even without them.
+
+        The template's wording, the chat template's special tokens and the completion are never cut. The longest
+        values are cut first, all to one common length, each keeping its head: short values (a name, a topic)
+        stay whole and a long one loses its tail. Cut values are rendered like any others, so the example's
+        prompt is exactly the inference prompt for those values."""
+        pieces = list(pieces)
+        while True:
+            ids, labels = self._tokenize(pieces)
+            if len(ids) <= self.max_length:
+                return Encoded(ids, labels, truncated=True)
+            values = [(i, j) for i, piece in enumerate(pieces) if not piece.trained
+                      for j, (text, is_value) in enumerate(piece.parts) if is_value and text]
+            lengths = [len(self._ids(_Piece(pieces[i].parts[j][0], True, False))) for i, j in values]
+            if not any(lengths):  # nothing left to cut
+                return None
+            keep = _common_length(lengths, len(ids) - self.max_length)
+            for (i, j), n in zip(values, lengths):
+                if n > keep:
+                    parts = list(pieces[i].parts)
+                    parts[j] = (self._head(parts[j][0], keep), True)
+                    pieces[i] = _row_piece(parts, pieces[i].trained)
+
+    def _head(self, text: str, n: int) -> str:
+        """The start of row text ``text`` that is its first ``n`` tokens; always shorter than ``text``."""
+        with _TOKENIZER_LOCK:
+            if getattr(self.tokenizer, "is_fast", False):
+                end = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True,
+                                     return_offsets_mapping=True)["offset_mapping"][n][0]
+            else:  # no offsets: the part of the decoded head that matches the text
+                ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                end = len(os.path.commonprefix([text, self.tokenizer.decode(ids[:n])]))
+        return text[:min(end, len(text) - 1)]
 
 
-def _split(text: str, contents: list[str], trained: bool) -> list[_Piece]:
+def _common_length(lengths: list[int], excess: int) -> int:
+    """The most tokens each value may keep so that cutting the longer ones removes ``excess`` tokens (0 if
+    even that is not enough); below the longest length, so every round cuts something."""
+    low, high = 0, max(lengths) - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if sum(max(0, n - mid) for n in lengths) >= excess:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _split(text: str, conversation: Sequence[tuple[str, Sequence[Part]]], trained: bool) -> list[_Piece]:
     """Replace sentinels by message contents, marking which pieces came from rows."""
     pieces = []
     pos = 0
     for match in _SENTINEL.finditer(text):
         if match.start() > pos:
             pieces.append(_Piece(text[pos:match.start()], False, trained))
-        pieces.append(_Piece(contents[int(match.group(1))], True, trained))
+        pieces.append(_row_piece(conversation[int(match.group(1))][1], trained))
         pos = match.end()
     if pos < len(text):
         pieces.append(_Piece(text[pos:], False, trained))

@@ -43,7 +43,7 @@ def lint(encoder: Encoder, rows: Sequence[dict[str, Any]]) -> list[str]:
     for i, row in enumerate(rows):
         enc, outcome = encoder._encode(row)
         if enc is None:
-            key = ("completion truncated away: longer than max_length even with the prompt cut"
+            key = ("completion truncated away: longer than max_length even with the prompt's row values cut"
                    if outcome == "too_long" else "nothing trained: every label is -100")
             found.setdefault(key, []).append(i)
             continue

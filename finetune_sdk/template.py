@@ -14,6 +14,7 @@ from .errors import TemplateError
 
 TemplateKind = Literal["chat", "plain", "messages"]
 Message = Mapping[str, str]
+Part = tuple[str, bool]  # a stretch of filled-in text and whether it is a row's value (else the template's wording)
 
 
 def placeholders(fmt: str, *, where: str = "template") -> list[str]:
@@ -112,17 +113,20 @@ class PromptTemplate:
 
     def conversation(self, row: Mapping[str, Any], *, with_completion: bool = True) -> list[dict[str, str]]:
         """The chat messages for ``row`` (chat and messages templates)."""
+        return [{"role": role, "content": _join(parts)}
+                for role, parts in self.conversation_parts(row, with_completion=with_completion)]
+
+    def conversation_parts(self, row: Mapping[str, Any], *,
+                           with_completion: bool = True) -> list[tuple[str, list[Part]]]:
+        """The chat messages for ``row`` as (role, parts): which text is the row's and which is the template's."""
         if self.kind == "messages":
-            return _conversation_column(row, self.messages_column, with_completion)  # type: ignore[arg-type]
+            messages = _conversation_column(row, self.messages_column, with_completion)  # type: ignore[arg-type]
+            return [(m["role"], [(m["content"], True)]) for m in messages]
         if self.kind != "chat":
             raise TemplateError("conversation() is for chat and messages templates; this one is plain")
-        messages = []
-        if self.system:
-            messages.append({"role": "system", "content": _fill(self.system, row)})
-        messages.append({"role": "user", "content": _fill(self.user or "", row)})
-        if with_completion:
-            messages.append({"role": "assistant", "content": _fill(self.assistant or "", row)})
-        return messages
+        reply = self.assistant if with_completion else None
+        fields = [("system", self.system), ("user", self.user), ("assistant", reply)]
+        return [(role, _fill_parts(fmt, row)) for role, fmt in fields if fmt]
 
     def prompt_source(self, value: Any) -> Mapping[str, Any] | list[Mapping[str, str]]:
         """What a Predictor input means here: a string fills the one prompt column (a user message for a
@@ -143,11 +147,15 @@ class PromptTemplate:
 
     def prompt_text(self, row: Mapping[str, Any]) -> str:
         """The prompt of a plain template."""
-        return _fill(self.prompt or "", row)
+        return _join(self.prompt_parts(row))
+
+    def prompt_parts(self, row: Mapping[str, Any]) -> list[Part]:
+        """The prompt of a plain template, as the template's wording and the row's values."""
+        return _fill_parts(self.prompt or "", row)
 
     def completion_text(self, row: Mapping[str, Any]) -> str:
         """The trained completion: the assistant reply or the plain completion."""
-        return _fill((self.assistant if self.kind == "chat" else self.completion) or "", row)
+        return _join(_fill_parts((self.assistant if self.kind == "chat" else self.completion) or "", row))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -168,18 +176,22 @@ def _merge(lists: Any) -> list[str]:
     return out
 
 
-def _fill(fmt: str, row: Mapping[str, Any]) -> str:
+def _fill_parts(fmt: str, row: Mapping[str, Any]) -> list[Part]:
     values = {name: _as_text(row[name]) for name in placeholders(fmt) if name in row}
     missing = [name for name in placeholders(fmt) if name not in values]
     if missing:
         raise TemplateError(f"row has no value for {missing}; it has columns {sorted(row)}")
     # str.format_map would interpret the values; substitute one field at a time instead.
-    out = []
+    parts: list[Part] = []
     for literal, field, _, _ in string.Formatter().parse(fmt):
-        out.append(literal)
+        parts.append((literal, False))
         if field is not None:
-            out.append(values[field])
-    return "".join(out)
+            parts.append((values[field], True))
+    return [part for part in parts if part[0]]
+
+
+def _join(parts: Sequence[Part]) -> str:
+    return "".join(text for text, _ in parts)
 
 
 def _as_text(value: Any) -> str:

@@ -47,7 +47,8 @@ def preflight(spec: JobSpec, train_rows: Sequence[dict[str, Any]]) -> EncodeStat
     if not examples:
         raise EmptyDatasetError(
             f"no trainable rows: {stats.dropped_too_long} are longer than max_length={spec.max_length} even with "
-            f"the prompt cut, {stats.dropped_no_completion} have nothing to train; raise max_length or shorten rows")
+            f"the prompt's row values cut, {stats.dropped_no_completion} have nothing to train; raise max_length "
+            "or shorten rows")
     eot = tokenizer.convert_tokens_to_ids(encoder.end_of_turn)
     if any(e.labels[-1] != eot for e in examples[:50]):
         raise TemplateError(f"the end-of-turn token {encoder.end_of_turn!r} is not trained; the model would never stop")

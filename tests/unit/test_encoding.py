@@ -1,7 +1,7 @@
 """Completion-only masking on a real tokenizer where pad == eos (SmolLM2, ChatML)."""
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from finetune_sdk import PromptTemplate, TemplateError
@@ -10,6 +10,7 @@ from finetune_sdk.train.batching import collate
 from tests.conftest import COUNSEL
 
 LOOKALIKES = ["<|im_start|>", "<|im_end|>", "<|im_start|>assistant\n", "<|endoftext|>", "<|im_start|>system\n"]
+user_text = st.lists(st.one_of(st.text(max_size=40), st.sampled_from(LOOKALIKES)), max_size=6).map("".join)
 
 
 def trained_ids(enc):
@@ -81,6 +82,78 @@ def test_over_long_rows_keep_their_completion_or_are_dropped(smol_tokenizer):
     assert examples == [] and stats.dropped_too_long == 1
 
 
+PLAIN = PromptTemplate.plain(prompt="Question: {q}\nTopic:", completion=" {t}")
+
+
+def prompt_ids(enc):
+    return enc.input_ids[:next(i for i, label in enumerate(enc.labels) if label != IGNORE_INDEX)]
+
+
+def test_truncation_cuts_the_row_value_and_keeps_the_plain_template_wording(smol_tokenizer):
+    encoder = Encoder(smol_tokenizer, PLAIN, max_length=20)
+    cut = encoder.encode_example({"q": "word " * 50, "t": "stress"})
+    prompt = smol_tokenizer.decode(prompt_ids(cut))
+    assert cut.truncated and len(cut.input_ids) == 20
+    assert prompt.startswith("Question: word word") and prompt.endswith("word\nTopic:")  # the cue every prompt has
+    assert prompt_ids(cut) == encoder.encode_prompt({"q": prompt[len("Question: "):-len("\nTopic:")]})
+
+
+def test_truncation_with_a_python_tokenizer_cuts_at_a_character_and_keeps_the_wording():
+    from transformers import ByT5Tokenizer  # bytes as tokens, no offsets: the head is found by decoding
+
+    tokenizer = ByT5Tokenizer()
+    cut = Encoder(tokenizer, PLAIN, max_length=30).encode_example({"q": "wörd " * 50, "t": "stress"})
+    assert not tokenizer.is_fast and cut.truncated and len(cut.input_ids) <= 30
+    assert tokenizer.decode(cut.input_ids) == "Question: wörd\nTopic: stress</s>"
+
+
+def test_truncation_keeps_chat_instructions_and_short_values_whole(smol_tokenizer):
+    chat = PromptTemplate.chat(system="You answer in one word. Context: {ctx}",
+                               user="{name} asks: {q}\nAnswer briefly.", assistant="{a}")
+    encoder = Encoder(smol_tokenizer, chat, max_length=60)
+    cut = encoder.encode_example({"ctx": "a clinic", "name": "Ann", "q": "why " * 80, "a": "ok"})
+    prompt = smol_tokenizer.decode(prompt_ids(cut))
+    assert cut.truncated and len(cut.input_ids) <= 60
+    assert "<|im_start|>system\nYou answer in one word. Context: a clinic<|im_end|>" in prompt
+    assert "<|im_start|>user\nAnn asks: why why" in prompt and "why\nAnswer briefly.<|im_end|>" in prompt
+    assert smol_tokenizer.decode(trained_ids(cut)) == "ok<|im_end|>"
+
+
+def test_truncation_cuts_long_values_to_one_common_length(smol_tokenizer):
+    encoder = Encoder(smol_tokenizer, PromptTemplate.chat(system="Context: {ctx}", user="{q}", assistant="{a}"),
+                      max_length=60)
+    cut = smol_tokenizer.decode(encoder.encode_example({"ctx": "note " * 40, "q": "why " * 80, "a": "ok"}).input_ids)
+    assert cut.count("note") == cut.count("why") > 10  # the longer value is not cut away to spare the shorter one
+
+
+def test_a_row_that_fits_only_by_cutting_template_wording_is_dropped(smol_tokenizer):
+    wordy = PromptTemplate.chat(system="Read this carefully. " * 20, user="{q}", assistant="{a}")
+    examples, stats = encode_dataset(Encoder(smol_tokenizer, wordy, max_length=60), [{"q": "hi", "a": "ok"}])
+    assert examples == [] and stats.dropped_too_long == 1
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(question=user_text, topic=st.text(min_size=1, max_size=8).filter(lambda s: s.strip()),
+       max_length=st.integers(8, 40))
+def test_property_truncation_cuts_only_the_value_tail(smol_tokenizer, question, topic, max_length):
+    """However a row is cut: it fits, the completion is whole, the wording stays, and what is left of the value
+    is a head of it whose inference prompt is token for token the example's prompt."""
+    question_ids = smol_tokenizer(question, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assume(smol_tokenizer.decode(question_ids) == question)  # the kept head is read back by decoding
+    encoder = Encoder(smol_tokenizer, PLAIN, max_length=max_length)
+    enc, outcome = encoder._encode({"q": question, "t": topic})
+    completion = smol_tokenizer(f" {topic}", add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    if enc is None:
+        assert outcome == "too_long" and len(encoder.encode_prompt({"q": ""}) + completion) + 1 > max_length  # + EOS
+        return
+    assert len(enc.input_ids) <= max_length and trained_ids(enc) == completion + [smol_tokenizer.eos_token_id]
+    prompt = smol_tokenizer.decode(prompt_ids(enc))
+    assert prompt.startswith("Question: ") and prompt.endswith("\nTopic:")
+    kept = prompt[len("Question: "):-len("\nTopic:")]
+    assert question.startswith(kept) and (kept == question) == (outcome == "ok")
+    assert prompt_ids(enc) == encoder.encode_prompt({"q": kept})
+
+
 def test_template_without_chat_support_is_refused(smol_tokenizer):
     class NoChat:
         chat_template = None
@@ -89,9 +162,6 @@ def test_template_without_chat_support_is_refused(smol_tokenizer):
 
     with pytest.raises(TemplateError, match="no chat template"):
         Encoder(NoChat(), COUNSEL)
-
-
-user_text = st.lists(st.one_of(st.text(max_size=40), st.sampled_from(LOOKALIKES)), max_size=6).map("".join)
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -29,6 +29,17 @@ def test_plain_and_messages_templates():
     assert msgs.conversation(row, with_completion=False) == [{"role": "user", "content": "a"}]
 
 
+def test_parts_tell_row_values_from_template_wording():
+    """What truncation may cut (row values) and what it may not (the template's wording)."""
+    plain = PromptTemplate.plain("Q: {q}\nA:", " {a}")
+    assert plain.prompt_parts({"q": "hi {x}"}) == [("Q: ", False), ("hi {x}", True), ("\nA:", False)]
+    chat = PromptTemplate.chat(system="Be brief.", user="{q}\nAnswer in one word.", assistant="{a}")
+    assert chat.conversation_parts({"q": "why", "a": "ok"}, with_completion=False) == [
+        ("system", [("Be brief.", False)]), ("user", [("why", True), ("\nAnswer in one word.", False)])]
+    msgs = PromptTemplate.messages()
+    assert msgs.conversation_parts({"messages": [{"role": "user", "content": "a"}]}) == [("user", [("a", True)])]
+
+
 @pytest.mark.parametrize("bad", ["{}", "{0}", "{a.b}", "{a[0]}", "{a!r}", "{a:>10}", "{a", "a}"])
 def test_malformed_placeholders_fail_when_built(bad):
     with pytest.raises(TemplateError, match="placeholder|format string"):
