@@ -10,8 +10,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -138,9 +136,9 @@ def embedded_model_dir(name: str) -> Path:
     _require("torch", "torch")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    from .artifact import staged_directory
+
+    with staged_directory(target) as staging:  # readable by other users, like any folder the user makes
         import torch
 
         model_obj = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -152,11 +150,6 @@ def embedded_model_dir(name: str) -> Path:
         model_obj.config._name_or_path = name
         model_obj.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

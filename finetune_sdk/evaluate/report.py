@@ -168,6 +168,8 @@ def parse_gate(items: list[str]) -> dict[str, float]:
             sep = ""
         if not sep:
             raise ConfigError(f"gate {item!r}: write METRIC=MIN_GAIN, e.g. label_accuracy=0.2")
+        if metric.strip() not in METRICS:
+            raise ConfigError(f"gate {item!r}: unknown metric {metric.strip()!r}; use one of {', '.join(METRICS)}")
     return gate
 
 

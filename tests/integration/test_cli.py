@@ -32,7 +32,9 @@ def test_bad_arguments_exit_2_with_one_line_before_any_model_loads(tmp_path, cap
              (["train", "--batch-size", "0"], "error: invalid TrainingSettings: batch_size: Input should be greater"),
              (["predict", str(tmp_path), "{bad json"], "error: the input starts with '{' but is not a JSON object"),
              (["eval", str(tmp_path), "--base", "--gate", "label_accuracy"], "error: gate 'label_accuracy': write "
-                                                                            "METRIC=MIN_GAIN")]
+                                                                            "METRIC=MIN_GAIN"),
+             (["eval", str(tmp_path), "--base", "--gate", "label_acuracy=0.2"], "error: gate 'label_acuracy=0.2': "
+                                                                                "unknown metric 'label_acuracy'")]
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
