@@ -114,9 +114,12 @@ def _parse_file(path: Path, kind: str) -> list[dict[str, Any]]:
 
 
 def _parse_json(text: str) -> list[dict[str, Any]]:
-    """A JSON array of objects, or JSON Lines; a bad line is reported by its line number in the file."""
+    """A JSON array of objects, one object (one row, possibly over several lines), or JSON Lines; a bad line
+    is reported by its line number in the file."""
     if text.lstrip().startswith("["):
         rows = json.loads(text)
+    elif isinstance(whole := _json_or_none(text), dict):
+        rows = [whole]
     else:
         rows = []
         for number, line in enumerate(text.split("\n"), 1):
@@ -127,6 +130,13 @@ def _parse_json(text: str) -> list[dict[str, Any]]:
     if not all(isinstance(r, dict) for r in rows):
         raise ValueError("expected JSON objects, one per row (a JSON array of objects, or JSON Lines)")
     return rows
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:  # JSON Lines (several values), or broken: read line by line
+        return None
 
 
 def _frame_rows(frame: Any) -> list[dict[str, Any]]:

@@ -89,6 +89,14 @@ def test_a_bad_jsonl_line_is_reported_by_its_line_number(tmp_path):
         load_rows(path)
 
 
+def test_a_json_file_holding_one_object_over_several_lines_is_one_row(tmp_path):
+    path = tmp_path / "squad-like.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [{"q": "a"}]}, indent=2))
+    assert load_rows(path) == [{"version": "1.1", "data": [{"q": "a"}]}]
+    with pytest.raises(MissingColumnError, match="column 'q' not found; the dataset has: data, version"):
+        clean_rows(load_rows(path), PromptTemplate.plain(prompt="{q}", completion=" {q}"))
+
+
 def test_files_with_a_utf8_bom_are_read(tmp_path):
     bom = "\ufeff".encode()
     (tmp_path / "d.jsonl").write_bytes(bom + b'{"q": "x"}\n')
