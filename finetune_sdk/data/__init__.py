@@ -142,8 +142,10 @@ def _json_or_none(text: str) -> Any:
 def _frame_rows(frame: Any) -> list[dict[str, Any]]:
     """A DataFrame's rows as plain Python values: a missing cell is None, an array cell a list, and a float
     column of whole numbers with gaps (how pandas holds an int column with missing values) gives ints."""
+    import pandas
+
     frame = frame.astype({name: "Int64" for name, column in frame.items() if _is_widened_int(column)})
-    return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+    return [{k: _plain(v, pandas.NA, pandas.NaT) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
 def _is_widened_int(column: Any) -> bool:
@@ -152,10 +154,9 @@ def _is_widened_int(column: Any) -> bool:
         ((values % 1 == 0) & (values.abs() <= 2 ** 53)).all())
 
 
-def _plain(value: Any) -> Any:
-    import pandas
-
-    if value is pandas.NA or value is pandas.NaT or isinstance(value, float) and math.isnan(value):
+def _plain(value: Any, na: Any, nat: Any) -> Any:
+    """A cell as a plain Python value; pandas' missing markers (``na``, ``nat``) and NaN become None."""
+    if value is na or value is nat or isinstance(value, float) and math.isnan(value):
         return None
     return value.tolist() if hasattr(value, "tolist") else value  # numpy arrays and scalars
 

@@ -10,10 +10,10 @@ import asyncio
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import BadRequest, ConfigError, EndpointError, EndpointUnavailable, FineTuneError
-from ..serve.schema import parameter_problems
+from ..serve.schema import checked_parameters
 
 
 class InProcessTransport:
@@ -40,11 +40,12 @@ class InProcessTransport:
         inputs = request.get("inputs")
         if not isinstance(inputs, list):
             inputs = [inputs]
-        params = checked_parameters(request.get("parameters"))
         try:
+            params = checked_parameters(request.get("parameters"), cap=math.inf)  # no server cap to protect
             generations = self.engine.generate(inputs, **params)
-            prefixes = self._prompt_texts(inputs) if params.get("return_full_text") is True else [""] * len(inputs)
-        except ConfigError as exc:  # an input the template cannot use: the server's 400
+            full_text = params.get("return_full_text") is True
+            prefixes = [self.engine.prompt_text(x) if full_text else "" for x in inputs]
+        except ConfigError as exc:  # bad parameters, or an input the template cannot use: the server's 400
             raise BadRequest(f"{exc}; fix the request") from exc
         except FineTuneError:
             raise
@@ -53,10 +54,6 @@ class InProcessTransport:
         return [{"generated_text": prefix + g.text,
                  "details": {"finish_reason": g.finish_reason, "prompt_tokens": g.prompt_tokens,
                              "completion_tokens": g.completion_tokens}} for prefix, g in zip(prefixes, generations)]
-
-    def _prompt_texts(self, inputs: list[Any]) -> list[str]:
-        """The rendered prompts, for ``return_full_text`` (as the server renders them)."""
-        return [self.engine.tokenizer.decode(self.engine.prompt_ids(x), skip_special_tokens=True) for x in inputs]
 
     def close(self) -> None:
         self.engine = None
@@ -82,20 +79,6 @@ class AsyncInProcessTransport:
         self._closed = True
         await asyncio.to_thread(self._worker.shutdown, wait=True)
         self.transport.close()
-
-
-def checked_parameters(given: Any) -> dict[str, Any]:
-    """The request's non-null generation parameters, checked by the server's rules (no cap on max_new_tokens:
-    there is no server to protect); a problem is a BadRequest, as over HTTP."""
-    if given is None:
-        given = {}
-    if not isinstance(given, Mapping):
-        raise BadRequest(f"'parameters' must be an object, got {type(given).__name__}")
-    params = {k: v for k, v in given.items() if v is not None}
-    problems = parameter_problems(params, cap=math.inf)
-    if problems:
-        raise BadRequest("; ".join(problems) + "; fix the request")
-    return params
 
 
 def closed_error() -> EndpointUnavailable:

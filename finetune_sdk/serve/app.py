@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ConfigError
 from .batcher import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, DEFAULT_REQUEST_TIMEOUT_S,
                       DynamicBatcher, QueueFull, RequestTimeout, ShuttingDown)
-from .schema import MIN_TEMPERATURE, SERVER_ID_HEADER, parameter_problems, request_body, request_schemas
+from .schema import MIN_TEMPERATURE, SERVER_ID_HEADER, checked_parameters, request_body, request_schemas
 
 OPENAI_CHAT_KEYS = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
                     "seed", "stream", "stream_options", "n", "user"}
@@ -192,14 +192,10 @@ class _Server:
 
     def parameters(self, given: Any) -> dict[str, Any]:
         """Generation parameters checked by name, type and range (max_new_tokens against the server's cap)."""
-        if given is None:
-            given = {}
-        if not isinstance(given, Mapping):
-            raise ApiError(400, f"'parameters' must be an object, got {type(given).__name__}")
-        params = {k: v for k, v in given.items() if v is not None}
-        problems = parameter_problems(params, self.cap)
-        if problems:
-            raise ApiError(400, "; ".join(problems))
+        try:
+            params = checked_parameters(given, self.cap)
+        except ConfigError as exc:
+            raise ApiError(400, str(exc)) from exc
         params.setdefault("max_new_tokens", min(self.engine.defaults.get("max_new_tokens", self.cap), self.cap))
         return params
 
@@ -244,8 +240,7 @@ class _Server:
     async def prompt_texts(self, inputs: list[Any]) -> list[str]:
         """The rendered prompts, for ``return_full_text``."""
         def render() -> list[str]:
-            return [self.engine.tokenizer.decode(self.engine.prompt_ids(x), skip_special_tokens=True)
-                    for x in inputs]
+            return [self.engine.prompt_text(x) for x in inputs]
         return await run_in_threadpool(render)
 
     async def invocations(self, body: dict[str, Any], request: Request) -> list[dict[str, Any]]:

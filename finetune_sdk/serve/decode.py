@@ -153,10 +153,15 @@ class DecodeBatch:
         return finish(self.tokenizer, row.tokens[:-1] if ended else row.tokens, ended, row.stop, row.prompt_tokens)
 
     def _hit_stop(self, row: _Row) -> bool:
-        if not row.stop:
-            return False
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-        return any(s and s in text for s in row.stop)
+        return reached_stop(self.tokenizer, row.tokens, row.stop)
+
+
+def reached_stop(tokenizer: Any, tokens: list[int], stop: list[str]) -> bool:
+    """Whether the reply so far, ``tokens``, holds one of the stop strings."""
+    if not stop:
+        return False
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return any(s and s in text for s in stop)
 
 
 def finish(tokenizer: Any, tokens: list[int], ended: bool, stop: list[str], prompt_tokens: int) -> Generation:

@@ -19,7 +19,7 @@ from ..encoding import Encoder
 from ..errors import ArtifactError, ConfigError
 from ..models import ModelRef, load_model, load_tokenizer, resolve_model
 from ..template import PromptTemplate
-from .decode import DecodeBatch, Generation, PrefixCache, finish, run_all
+from .decode import DecodeBatch, Generation, PrefixCache, finish, reached_stop, run_all
 
 GENERATION_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "stop",
                    "repetition_penalty", "seed", "return_full_text"}
@@ -90,6 +90,10 @@ class GenerationEngine:
     def prompt_ids(self, source: Any) -> list[int]:
         """Prompt ids for a row of template columns, a chat message list, or a plain string."""
         return self.encoder.encode_prompt(self.template.prompt_source(source))
+
+    def prompt_text(self, source: Any) -> str:
+        """The prompt as text (special tokens left out), for ``return_full_text``."""
+        return self.tokenizer.decode(self.prompt_ids(source), skip_special_tokens=True)
 
     def settings(self, parameters: Mapping[str, Any]) -> Settings:
         """Checked generation settings: the engine's defaults overlaid with the request's non-null values."""
@@ -177,10 +181,8 @@ class StopStrings(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         for i, row in enumerate(input_ids[:, self.prompt_width:].tolist()):
-            if i not in self.lengths:
-                text = self.tokenizer.decode(row, skip_special_tokens=True)
-                if any(s and s in text for s in self.stop):
-                    self.lengths[i] = len(row)
+            if i not in self.lengths and reached_stop(self.tokenizer, row, self.stop):
+                self.lengths[i] = len(row)
         return torch.tensor([i in self.lengths for i in range(len(input_ids))], device=input_ids.device)
 
 

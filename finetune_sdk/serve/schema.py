@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..errors import ConfigError
+
 MAX_SEED = 2**63 - 1
 MAX_STOP_STRINGS = 16
 MIN_TEMPERATURE = 0.01  # below this, logits / temperature overflows to inf and sampling breaks
@@ -67,6 +69,20 @@ PARAMETERS: dict[str, Rule] = {
     "seed": Rule("integer", "random seed, for repeatable sampling", minimum=0, maximum=MAX_SEED),
     "return_full_text": Rule("boolean", "prefix the reply with the rendered prompt"),
 }
+
+
+def checked_parameters(given: Any, cap: float) -> dict[str, Any]:
+    """A request's non-null generation parameters, checked by name, type and range (max_new_tokens against
+    ``cap``); ConfigError says every problem."""
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"'parameters' must be an object, got {type(given).__name__}")
+    params = {k: v for k, v in given.items() if v is not None}
+    problems = parameter_problems(params, cap)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return params
 
 
 def parameter_problems(params: Mapping[str, Any], cap: float) -> list[str]:
