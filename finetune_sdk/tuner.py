@@ -138,9 +138,7 @@ class FineTuner:
         """Re-attach to a job by id (from :meth:`jobs`, or a SageMaker job name): ``tuner.job`` and
         ``tuner.artifact`` then follow it, so ``tuner.job.wait()`` and ``tuner.deploy()`` work as after train().
         A SageMaker job started elsewhere has no output folder here: its artifact comes into ``output_dir``."""
-        self.job = self.backend.retrieve(job_id)
-        if not self.job.output_dir:  # a remote job started elsewhere: its artifact comes into this tuner's output_dir
-            self.job = self.backend.retrieve(job_id, output_dir=str(self.output_dir.resolve()))
+        self.job = self.backend.retrieve(job_id, output_dir=str(self.output_dir.resolve()))
         if self.job.output_dir:
             self.output_dir = Path(self.job.output_dir)
         self._artifact = None

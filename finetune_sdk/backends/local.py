@@ -57,7 +57,7 @@ class LocalBackend:
             (folder / "pid").write_text(str(self._processes[job_id].pid), encoding="utf-8")
         return self.retrieve(job_id)
 
-    def retrieve(self, job_id: str) -> TrainingJob:
+    def retrieve(self, job_id: str, output_dir: str | None = None) -> TrainingJob:
         folder = Path(job_id)
         status_path = folder / "status.json"
         if not status_path.is_file():

@@ -106,9 +106,10 @@ class SageMakerBackend:
         """The job's state; the first call that sees a job this backend started completed downloads its artifact.
 
         ``output_dir`` adopts a job started elsewhere: its artifact is downloaded there too (FineTuner.attach).
+        A job this backend started keeps the folder it was started with.
         """
         if output_dir:
-            self._outputs[job_id] = output_dir
+            self._outputs.setdefault(job_id, output_dir)
         described = self._describe(job_id)
         job = job_from_description(self, described, self._outputs.get(job_id, ""))
         if job.status == "completed" and job.output_dir:
