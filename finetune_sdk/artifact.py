@@ -42,7 +42,7 @@ class Artifact:
 
     @classmethod
     def load(cls, path: str | Path) -> "Artifact":
-        path = Path(path)
+        path = Path(path).absolute()  # still the same folder after a chdir
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise ArtifactError(f"{path} is not a finetune_sdk artifact (no {MANIFEST}); train one with "

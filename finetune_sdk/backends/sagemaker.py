@@ -61,6 +61,9 @@ class SageMakerBackend:
         clients.check_credentials()
         image = s.image_uri or image_uri(TRAINING_IMAGE, clients.region)
         model_dir = _local_model_dir(spec)
+        if model_dir is not None and check_model_name(spec.model) == "local":
+            # the artifact records the folder itself: "models/tiny" would read as a Hub id from any other directory
+            spec = spec.model_copy(update={"model": str(model_dir)})
         if resume and not s.checkpoint_s3_uri:
             raise ConfigError("resume=True on SageMaker needs checkpoint_s3_uri= (the one the earlier job used)")
         if not resume and s.checkpoint_s3_uri and clients.has_objects(s.checkpoint_s3_uri):

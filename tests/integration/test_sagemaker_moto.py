@@ -15,10 +15,12 @@ API. So these tests play the containers' part with the SDK's own code, from what
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import runpy
+import shutil
 import socket
 import subprocess
 import sys
@@ -380,6 +382,21 @@ def test_a_two_instance_job_asks_for_torch_distributed(aws, tiny_model_dir, coun
     assert [c["DataSource"]["S3DataSource"]["S3DataDistributionType"] for c in job["InputDataConfig"]] == [
         "FullyReplicated"] * 3  # every instance gets all the data; each process trains on its share of a step
     assert job["CheckpointConfig"] == {"S3Uri": f"{root}/checkpoints", "LocalPath": "/opt/ml/checkpoints"}
+
+
+def test_a_relative_model_path_goes_into_the_job_as_its_folder(aws, tiny_model_dir, counsel_rows, tmp_path,
+                                                                monkeypatch):
+    """The container records the spec's model as the artifact's base: "models/tiny" would read as a Hub id
+    wherever the user later loads the artifact from, so the spec carries the folder itself."""
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "tiny")
+    monkeypatch.chdir(tmp_path)
+    tuner = FineTuner("models/tiny", counsel_rows[:16], COUNSEL, output_dir="out", backend=SageMakerBackend())
+    tuner.train(wait=False)
+    source = _client("s3").get_object(Bucket=f"sagemaker-{REGION}-{ACCOUNT}",
+                                      Key=f"finetune-sdk/{tuner.job.id}/source/sourcedir.tar.gz")["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(source)) as tar:
+        spec = json.loads(tar.extractfile("finetune_sdk_spec.json").read())
+    assert spec["model"] == str((tmp_path / "models" / "tiny").resolve())
 
 
 def test_logs_are_read_from_cloudwatch_once_the_container_writes_them(aws):
