@@ -73,10 +73,11 @@ class LocalServer:
         if api_key:
             env[API_KEY_ENV] = api_key  # not on the command line, where `ps` would show it
         command = [sys.executable, "-m", "finetune_sdk.serve", str(artifact), "--host", HOST, "--port", str(port),
-                   "--device", device, "--log-level", "warning"]
+                   "--device", device, "--log-level", "warning", "--stop-with-stdin"]
         with tempfile.NamedTemporaryFile(prefix="finetune-sdk-serve-", suffix=".log", delete=False) as log:
             try:
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                           env=env)  # the pipe closes when this process ends: the server stops
             except BaseException:
                 Path(log.name).unlink(missing_ok=True)
                 raise
@@ -129,6 +130,8 @@ class LocalServer:
 
 def _stop(process: subprocess.Popen, log_path: Path) -> None:
     """LocalServer.stop, kept apart from the object so its finalizer does not keep it alive."""
+    if process.stdin is not None:
+        process.stdin.close()
     if process.poll() is None:
         process.terminate()
         try:

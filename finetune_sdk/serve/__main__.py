@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,6 +61,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def stop_when_stdin_closes() -> None:
+    """Stop this process once standard input reaches its end: the process that started the server holds the
+    pipe's other end, so the server goes with it however it ends, SIGKILL included."""
+    def watch() -> None:
+        try:
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down gracefully; while loading, the process just ends
+
+    threading.Thread(target=watch, name="finetune-sdk-stdin-watch", daemon=True).start()
+
+
 def load_engine(artifact: str | None, model: str | None, device: str) -> Any:
     """The artifact's engine, or the base model's under a chat template that takes chat messages as they come."""
     from ..template import PromptTemplate
@@ -86,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--max-new-tokens-cap", type=int, default=1024)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--stop-with-stdin", action="store_true",
+                        help="stop when standard input closes (a process that starts the server with a pipe as "
+                             "its stdin takes the server down with it)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the model's arithmetic (default: torch's choice, one per core)")
     parser.add_argument("--no-batching", dest="batching", action="store_false",
@@ -106,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.artifact is None and args.model is None:
         parser.error("give the ARTIFACT directory to serve, or --model NAME for a base model (or --sagemaker "
                      "inside a SageMaker container)")
+    if args.stop_with_stdin:
+        stop_when_stdin_closes()
     host, port = args.host or "127.0.0.1", args.port or 8080
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     try:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -90,7 +91,38 @@ def test_an_unclosed_predictor_stops_its_server_when_python_exits(tuner):
         httpx.get(f"{url}/ping")
 
 
+def test_a_server_stops_when_the_process_that_started_it_is_killed(tuner):
+    script = ("import sys, time\n"
+              "from finetune_sdk.deployers.local import LocalServerDeployer\n"
+              f"p = LocalServerDeployer().deploy({str(tuner.artifact.path)!r}, device='cpu')\n"
+              "print(p.transport.server.process.pid, p.transport.server.url, flush=True)\n"
+              "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        pid, url = parent.stdout.readline().split()
+        assert httpx.get(f"{url}/ping").status_code == 200
+    finally:
+        parent.kill()  # SIGKILL: no finalizer, no atexit
+        parent.wait()
+        parent.stdout.close()
+    deadline = time.monotonic() + 30
+    while _alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(int(pid))
+    if alive:
+        os.kill(int(pid), signal.SIGKILL)
+    assert not alive, "the server outlived the Python process that started it"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/ping")
+
+
 def _alive(pid: int) -> bool:
+    """Running: on Linux a child that exited but that nobody has reaped yet (a zombie) does not count."""
+    if Path("/proc/self/stat").exists():
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
