@@ -157,10 +157,16 @@ class DecodeBatch:
 
 
 def reached_stop(tokenizer: Any, tokens: list[int], stop: list[str]) -> bool:
-    """Whether the reply so far, ``tokens``, holds one of the stop strings."""
+    """Whether the reply so far, ``tokens``, has just come to hold one of the stop strings.
+
+    Callers ask after every new token, so only a match that ends in the newest token is new, and only the tail
+    that could hold one is decoded (not the whole reply, every step): a token stands for at least one byte and
+    a character for at most four, so a stop string of n characters spans at most 4n tokens; the rest of the
+    window covers a character cut in half at its start."""
     if not stop:
         return False
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    window = 4 * max(len(s) for s in stop) + 4
+    text = tokenizer.decode(tokens[-window:], skip_special_tokens=True)
     return any(s and s in text for s in stop)
 
 
