@@ -30,7 +30,7 @@ MAX_BACKOFF = 8.0
 
 def check_max_retries(max_retries: int) -> None:
     if max_retries < 0:
-        raise ValueError(f"max_retries={max_retries}; use 0 (no retries) or more")
+        raise ConfigError(f"max_retries={max_retries}; use 0 (no retries) or more")
 
 
 def checked_url(url: str) -> str:

@@ -11,8 +11,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from finetune_sdk import (BadRequest, ConfigError, EndpointError, EndpointTimeout, FineTuner, Predictor, RateLimited,
-                          TrainingError)
+from finetune_sdk import (BadRequest, ConfigError, EndpointError, EndpointTimeout, FineTuner, ModelError, Predictor,
+                          RateLimited, TrainingError)
 from finetune_sdk.artifact import write_manifest
 from finetune_sdk.backends.base import TrainingJob
 from finetune_sdk.backends.sagemaker import SageMakerBackend
@@ -321,3 +321,24 @@ def test_an_endpoint_name_in_use_is_refused_and_that_endpoint_is_left_alone(arti
         deployer.deploy(artifact, endpoint_name="ep")
     sm.assert_no_pending_responses()
     assert "DeleteEndpoint" not in calls and calls[-1] == "DeleteModel"
+
+
+@pytest.mark.parametrize("merged, options, error, message", [
+    (False, {"max_retries": -1}, ConfigError, "max_retries=-1"),
+    (True, {"container": "tgi"}, ModelError, "could not load the model in")])
+def test_what_the_predictor_needs_is_checked_before_anything_is_created(artifact, merged, options, error, message):
+    """A Predictor that cannot be built must fail before CreateModel, not leave an InService endpoint billing."""
+    if merged:  # TGI serves merged/; with no tokenizer next to the artifact the prompts cannot be rendered
+        (artifact / "merged").mkdir()
+        (artifact / "merged" / "config.json").write_text("{}")
+    deployer, sm, s3 = _deployer_stubs()
+    _expect_model_and_config(sm, s3)
+    sm.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/ep"},
+                    {"EndpointName": "ep", "EndpointConfigName": ANY, "Tags": ANY})
+    sm.add_response("describe_endpoint", _endpoint("InService"), {"EndpointName": "ep"})
+    calls = []
+    for client in (sm.client, s3.client):
+        client.meta.events.register("before-parameter-build", lambda model, **kw: calls.append(model.name))
+    with sm, s3, pytest.raises(error, match=message):
+        deployer.deploy(artifact, endpoint_name="ep", sleep=lambda s: None, **options)
+    assert calls == []
