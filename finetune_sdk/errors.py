@@ -17,8 +17,8 @@
         ├── BadRequest             the endpoint rejected the request (4xx); fix the request, do not retry
         ├── AuthenticationError    401/403: missing or wrong API key
         ├── RateLimited            429: too many requests (retried with backoff first)
-        ├── EndpointTimeout        no answer in time, or 408 (retried first)
-        └── EndpointUnavailable    connection refused/reset or 5xx (retried first)
+        ├── EndpointTimeout        no answer in time, or 408 (retried first); the server's 504 (not retried)
+        └── EndpointUnavailable    connection refused/reset or another 5xx (retried first)
 
 Errors from torch, transformers, datasets, boto3 or httpx are translated at the seam that calls them
 (``raise X from exc``) so users catch one family and read what to do next.

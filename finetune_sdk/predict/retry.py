@@ -2,7 +2,8 @@
 
 Retries follow the openai-python policy: only connection errors, timeouts, 408, 429 and 5xx are
 retried, with capped, jittered exponential backoff that honours the server's ``Retry-After``. Any
-other 4xx is the caller's mistake and fails at once. Both transports build their tenacity retryer
+other 4xx is the caller's mistake and fails at once, and so does a 504: the server has already spent
+its whole request timeout on the request, and a resend would only queue the same work again. Both transports build their tenacity retryer
 here and map httpx failures here, so the two can never drift apart.
 """
 
@@ -105,6 +106,10 @@ def status_error(response: httpx.Response) -> EndpointError:
     if status == 408:
         return EndpointTimeout(f"{where}; the server gave up waiting", status=status, body=body,
                                retry_after=retry_after)
+    if status == 504:
+        return EndpointTimeout(f"{where}; the server gave up generating the reply (not retried: a resend would "
+                               "wait as long again); ask for fewer max_new_tokens or raise the server's "
+                               "--request-timeout", status=status, body=body, retry_after=retry_after)
     if 400 <= status < 500:
         return BadRequest(f"{where}; fix the request (retrying will not help)", status=status, body=body)
     return EndpointUnavailable(f"{where}; the endpoint failed on its side", status=status, body=body,
@@ -112,8 +117,8 @@ def status_error(response: httpx.Response) -> EndpointError:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Timeouts, throttling, connection failures and server errors may pass on a second try."""
-    return isinstance(exc, (EndpointTimeout, RateLimited, EndpointUnavailable))
+    """Timeouts, throttling, connection failures and server errors may pass on a second try; a 504 would not."""
+    return isinstance(exc, (EndpointTimeout, RateLimited, EndpointUnavailable)) and exc.status != 504
 
 
 def backoff(retry_state: Any) -> float:

@@ -116,6 +116,16 @@ def test_async_400_is_not_retried():
     assert caught.value.status == 400 and "scripted 400" in str(caught.value)
 
 
+def test_async_504_is_an_endpoint_timeout_and_not_sent_again():
+    async def call(server_url: str) -> None:
+        async with AsyncPredictor.from_url(server_url) as p:
+            await p.predict("hi")
+
+    with FaultServer([(504, {"Retry-After": "0"}, 0.0)]) as server, pytest.raises(EndpointTimeout) as caught:
+        run(call(server.url))
+    assert len(server.requests) == 1 and caught.value.status == 504
+
+
 def test_async_backoff_uses_the_shared_policy():
     slept: list[float] = []
 

@@ -370,6 +370,16 @@ def test_retry_after_is_honoured_and_retries_run_out():
             p.predict("hi")
 
 
+def test_the_servers_504_is_an_endpoint_timeout_and_not_sent_again():
+    slept: list[float] = []
+    with FaultServer([(504, {"Retry-After": "1"}, 0.0)]) as server, Predictor(
+            HttpTransport(server.url, sleep=slept.append)) as p:
+        with pytest.raises(EndpointTimeout, match="not retried") as caught:
+            p.predict("hi")
+    assert len(server.requests) == 1 and slept == []
+    assert caught.value.status == 504 and "scripted 504" in str(caught.value)
+
+
 def test_hung_handler_hits_the_client_timeout():
     with FaultServer([(200, {}, 3.0)]) as server, Predictor.from_url(server.url, timeout=0.3, max_retries=0) as p:
         started = time.monotonic()
