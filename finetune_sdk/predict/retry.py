@@ -96,7 +96,7 @@ def json_body(response: httpx.Response) -> Any:
 def status_error(response: httpx.Response) -> EndpointError:
     """The most specific EndpointError for an unsuccessful response."""
     status, body = response.status_code, response.text
-    detail = _error_message(body)
+    detail = error_message(body)
     where = f"{response.request.method} {response.request.url} answered {status}: {detail}"
     if status in (401, 403):
         return AuthenticationError(f"{where}; pass the server's key as api_key=", status=status, body=body)
@@ -146,7 +146,7 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _error_message(body: str) -> str:
+def error_message(body: str) -> str:
     """The server's own message from ``{"error": {"message"}}`` bodies, else the start of the body."""
     try:
         data = json.loads(body)

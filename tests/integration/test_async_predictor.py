@@ -7,12 +7,14 @@ against identical servers; the fault tests mirror the sync ones there.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import pytest
 
-from finetune_sdk import AsyncPredictor, BadRequest, ConfigError, EndpointError, EndpointTimeout, Predictor
+from finetune_sdk import (AsyncPredictor, BadRequest, ConfigError, EndpointError, EndpointTimeout,
+                          EndpointUnavailable, Predictor)
 from finetune_sdk.predict.async_http import AsyncHttpTransport
 from finetune_sdk.predict.base import chat_body
 from tests.integration.test_server import (MESSAGES, QUESTION, ROW, FaultServer, engine, expected,  # noqa: F401
@@ -160,3 +162,30 @@ def test_stream_retries_its_opening_and_notices_a_missing_done():
         with pytest.raises(EndpointError, match=r"without 'data: \[DONE\]'"):
             list(p.stream("hi"))
     assert len(server.requests) == 3 and server.requests[0]["stream"] is True
+
+
+def sse_chunk(text: str) -> bytes:
+    return b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("error_event", [
+    b'data: {"error": {"message": "CUDA out of memory", "type": "server_error"}}\n\n',  # OpenAI-compatible servers
+    b'event: error\ndata: {"error": "CUDA out of memory", "error_type": "generation"}\n\n'])  # TGI
+def test_an_error_event_mid_stream_raises_the_servers_message(error_event):
+    """The text before the error arrives; the error is raised, not taken for the end of a complete reply."""
+    body = sse_chunk("The first half") + error_event + b"data: [DONE]\n\n"
+    script = [(200, {"Content-Type": "text/event-stream"}, 0.0, body)] * 2
+    received: list[str] = []
+
+    async def stream(server_url: str) -> None:
+        async with AsyncPredictor.from_url(server_url) as ap:
+            async for text in ap.stream("hi"):
+                received.append(text)
+
+    with FaultServer(script) as server:
+        with Predictor.from_url(server.url) as p, pytest.raises(EndpointUnavailable, match="CUDA out of memory"):
+            for text in p.stream("hi"):
+                received.append(text)
+        with pytest.raises(EndpointUnavailable, match="failed mid-stream: CUDA out of memory"):
+            run(stream(server.url))
+    assert received == ["The first half"] * 2 and len(server.requests) == 2

@@ -301,9 +301,10 @@ def test_public_bind_without_a_key_is_refused(tuner):
 
 # -- retries and timeouts against a server that misbehaves on purpose ------------------------------------
 class FaultServer:
-    """A loopback http.server that plays a script: each request takes the next (status, headers, delay)."""
+    """A loopback http.server that plays a script: each request takes the next (status, headers, delay), or
+    (status, headers, delay, body) to send that body instead of the usual one."""
 
-    def __init__(self, script: list[tuple[int, dict[str, str], float]]) -> None:
+    def __init__(self, script: list[tuple]) -> None:
         self.script = list(script)
         self.requests: list[dict] = []
         owner = self
@@ -311,10 +312,10 @@ class FaultServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 owner.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                status, headers, delay = owner.script.pop(0) if owner.script else (200, {}, 0.0)
+                status, headers, delay, *given = owner.script.pop(0) if owner.script else (200, {}, 0.0)
                 time.sleep(delay)
-                body = (json.dumps([{"generated_text": "ok"}]) if status == 200
-                        else json.dumps({"error": {"message": f"scripted {status}", "type": "fault"}})).encode()
+                body = given[0] if given else (json.dumps([{"generated_text": "ok"}]) if status == 200 else json.dumps(
+                    {"error": {"message": f"scripted {status}", "type": "fault"}})).encode()
                 try:
                     self.send_response(status)
                     for name, value in {"Content-Type": "application/json", **headers}.items():
