@@ -13,11 +13,12 @@ from typing import Any, Callable, Iterator
 import httpx
 
 from .base import SseDecoder
-from .retry import (DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, INITIAL_BACKOFF, MAX_BACKOFF, auth_headers,
-                    check_max_retries, checked_url, is_retryable, json_body, mapped_errors, retrying, status_error)
+from .retry import (DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, INITIAL_BACKOFF, MAX_BACKOFF, MAX_RETRY_AFTER,
+                    auth_headers, check_max_retries, checked_url, is_retryable, json_body, mapped_errors, retrying,
+                    status_error)
 
-__all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "INITIAL_BACKOFF", "MAX_BACKOFF", "HttpTransport",
-           "is_retryable", "status_error"]
+__all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "INITIAL_BACKOFF", "MAX_BACKOFF", "MAX_RETRY_AFTER",
+           "HttpTransport", "is_retryable", "status_error"]
 
 
 class HttpTransport:

@@ -27,6 +27,7 @@ DEFAULT_TIMEOUT = 150.0  # above the server's default request timeout (120 s), w
 DEFAULT_MAX_RETRIES = 3
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
+MAX_RETRY_AFTER = 60.0  # the longest Retry-After honoured, as in openai-python; the server's own hints are 1 to 60 s
 
 
 def check_max_retries(max_retries: int) -> None:
@@ -122,11 +123,11 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def backoff(retry_state: Any) -> float:
-    """Retry-After when the server sent one (capped), else 0.5 s doubling to 8 s, minus up to 25% jitter."""
+    """Retry-After when the server sent one (at most 60 s), else 0.5 s doubling to 8 s, minus up to 25% jitter."""
     exc = retry_state.outcome.exception() if retry_state.outcome else None
     hinted = exc.retry_after if isinstance(exc, EndpointError) else None
     if hinted is not None:
-        return min(hinted, MAX_BACKOFF)
+        return min(hinted, MAX_RETRY_AFTER)
     delay = min(INITIAL_BACKOFF * 2 ** (retry_state.attempt_number - 1), MAX_BACKOFF)
     return delay * (1 - 0.25 * random.random())
 

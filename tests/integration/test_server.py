@@ -371,6 +371,15 @@ def test_retry_after_is_honoured_and_retries_run_out():
             p.predict("hi")
 
 
+def test_retry_after_is_honoured_up_to_a_minute():
+    """The server's own 503 asks for 1 to 60 s; a client that cut that short would come back while it is still full."""
+    slept: list[float] = []
+    script = [(503, {"Retry-After": "30"}, 0.0), (429, {"Retry-After": "3600"}, 0.0)]
+    with FaultServer(script) as server, Predictor(HttpTransport(server.url, sleep=slept.append)) as p:
+        assert p.predict("hi").text == "ok"
+    assert slept == [30.0, 60.0] and len(server.requests) == 3
+
+
 def test_the_servers_504_is_an_endpoint_timeout_and_not_sent_again():
     slept: list[float] = []
     with FaultServer([(504, {"Retry-After": "1"}, 0.0)]) as server, Predictor(
