@@ -2,9 +2,10 @@
 
 Retries follow the openai-python policy: only connection errors, timeouts, 408, 429 and 5xx are
 retried, with capped, jittered exponential backoff that honours the server's ``Retry-After``. Any
-other 4xx is the caller's mistake and fails at once, and so does a 504: the server has already spent
-its whole request timeout on the request, and a resend would only queue the same work again. Both transports build their tenacity retryer
-here and map httpx failures here, so the two can never drift apart.
+other 4xx is the caller's mistake and fails at once, as does a 3xx (the endpoint is at another URL)
+and a 504: the server has already spent its whole request timeout on the request, and a resend would
+only queue the same work again. Both transports build their tenacity retryer here and map httpx
+failures here, so the two can never drift apart.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def status_error(response: httpx.Response) -> EndpointError:
     status, body = response.status_code, response.text
     detail = error_message(body)
     where = f"{response.request.method} {response.request.url} answered {status}: {detail}"
+    if 300 <= status < 400:  # httpx does not follow redirects; resending to the same URL cannot help
+        moved = response.request.url.join(response.headers.get("location", ""))
+        return BadRequest(f"{response.request.method} {response.request.url} answered {status}, a redirect to "
+                          f"{moved}; use this URL for the endpoint (retrying will not help)", status=status, body=body)
     if status in (401, 403):
         return AuthenticationError(f"{where}; pass the server's key as api_key=", status=status, body=body)
     retry_after = _retry_after(response.headers.get("retry-after"))

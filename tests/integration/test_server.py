@@ -380,6 +380,15 @@ def test_retry_after_is_honoured_up_to_a_minute():
     assert slept == [30.0, 60.0] and len(server.requests) == 3
 
 
+def test_a_redirect_names_the_url_to_use_and_is_not_followed_or_retried():
+    slept: list[float] = []
+    with FaultServer([(307, {"Location": "/v2/invocations"}, 0.0)]) as server, Predictor(
+            HttpTransport(server.url, sleep=slept.append)) as p:
+        with pytest.raises(BadRequest, match=f"redirect to {server.url}/v2/invocations; use this URL") as caught:
+            p.predict("hi")
+    assert caught.value.status == 307 and len(server.requests) == 1 and slept == []
+
+
 def test_the_servers_504_is_an_endpoint_timeout_and_not_sent_again():
     slept: list[float] = []
     with FaultServer([(504, {"Retry-After": "1"}, 0.0)]) as server, Predictor(
