@@ -73,9 +73,10 @@ class SageMakerTransport:
             raise EndpointError(f"{where} answered non-JSON {body!r:.200}", body=body) from exc
 
     def close(self) -> None:
+        """Run ``on_close`` once it succeeds: after a failed delete, a later close() tries again."""
         if self.on_close is not None:
-            on_close, self.on_close = self.on_close, None
-            on_close()
+            self.on_close()
+            self.on_close = None
 
 
 def invoke_error(exc: ClientError, where: str) -> EndpointError:

@@ -11,8 +11,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from finetune_sdk import (BadRequest, ConfigError, EndpointError, EndpointTimeout, FineTuner, ModelError, Predictor,
-                          RateLimited, TrainingError)
+from finetune_sdk import (BadRequest, CloudError, ConfigError, EndpointError, EndpointTimeout, FineTuner, ModelError,
+                          Predictor, RateLimited, TrainingError)
 from finetune_sdk.artifact import write_manifest
 from finetune_sdk.backends.base import TrainingJob
 from finetune_sdk.backends.sagemaker import SageMakerBackend
@@ -188,6 +188,23 @@ def test_model_error_is_typed_and_not_retried(original, error):
     with stub, pytest.raises(error, match="max_new_tokens must be >= 1; its logs are in arn:aws:logs") as raised:
         predictor.predict("hi")
     assert type(raised.value) is error and raised.value.status == original and sleeps == []
+
+
+def test_a_delete_on_close_that_failed_is_tried_again_by_the_next_close():
+    attempts = []
+
+    def delete() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise CloudError("delete the endpoint ep failed (ThrottlingException): Rate exceeded",
+                             code="ThrottlingException")
+
+    predictor = Predictor(SageMakerTransport("ep", client=object(), on_close=delete))
+    with pytest.raises(CloudError, match="Rate exceeded"):
+        predictor.close()
+    predictor.close()
+    predictor.close()
+    assert len(attempts) == 2  # once failed, once deleted, then nothing left to do
 
 
 # -- endpoints ------------------------------------------------------------------------------------
