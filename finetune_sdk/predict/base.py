@@ -37,6 +37,14 @@ class PredictorBase:
     transport: Any
 
     @staticmethod
+    def _batch_inputs(inputs: Sequence[Any]) -> list[Any]:
+        """``inputs`` as a list; one string or dict is refused, as ``list()`` would split it into characters or keys."""
+        if isinstance(inputs, (str, bytes, Mapping)):
+            raise ConfigError(f"predict_batch() takes a list of inputs, got one {type(inputs).__name__}; pass "
+                              "[input], or call predict(input) for a single one")
+        return list(inputs)
+
+    @staticmethod
     def _batch_request(inputs: list[Any], generation: dict[str, Any]) -> dict[str, Any]:
         return {"inputs": inputs, "parameters": generation}
 

@@ -94,7 +94,7 @@ class Predictor(PredictorBase):
 
     def predict_batch(self, inputs: Sequence[Any], **generation: Any) -> list[Prediction]:
         """One request for many inputs; the endpoint generates them as a batch."""
-        inputs = list(inputs)
+        inputs = self._batch_inputs(inputs)
         if not inputs:
             return []
         return self._predictions(self.transport.send(self._batch_request(inputs, generation)), len(inputs))
