@@ -66,13 +66,23 @@ def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def check_open(client: httpx.Client | httpx.AsyncClient, url: str) -> None:
+    """Refuse a request on a closed Predictor at once, as the in-process one does (and without retrying)."""
+    if client.is_closed:
+        raise EndpointUnavailable(f"this Predictor for {url} is closed; create a new one (or use it in a `with` "
+                                  "block, which closes it at the end)")
+
+
 @contextmanager
 def mapped_errors(endpoint: str) -> Iterator[None]:
-    """Raise httpx's transport failures inside the block as the SDK's errors (sync and async code alike)."""
+    """Raise httpx's failures inside the block as the SDK's errors (sync and async code alike)."""
     try:
         yield
     except httpx.TransportError as exc:
         raise transport_error(exc, endpoint) from exc
+    except httpx.HTTPError as exc:  # an answer that cannot be read (a bad gzip body, say): a resend gets the same
+        raise EndpointError(f"{endpoint} sent an answer that could not be read ({type(exc).__name__}: {exc}); "
+                            "check the server or the proxy in front of it") from exc
 
 
 def transport_error(exc: httpx.TransportError, endpoint: str) -> EndpointError:

@@ -128,6 +128,26 @@ def test_async_504_is_an_endpoint_timeout_and_not_sent_again():
     assert len(server.requests) == 1 and caught.value.status == 504
 
 
+def test_an_async_predictor_says_it_belongs_to_its_first_event_loop():
+    with FaultServer([]) as server:
+        p = AsyncPredictor.from_url(server.url)
+        assert run(p.predict("hi")).text == "ok"
+        with pytest.raises(ConfigError, match="first used on another event loop .*; create one AsyncPredictor"):
+            run(p.predict("hi"))
+    assert len(server.requests) == 1
+
+
+def test_a_closed_async_predictor_refuses_at_once():
+    async def calls(server_url: str) -> None:
+        p = AsyncPredictor.from_url(server_url)
+        await p.aclose()
+        await p.predict("hi")
+
+    with FaultServer([]) as server, pytest.raises(EndpointUnavailable, match="is closed; create a new one"):
+        run(calls(server.url))
+    assert server.requests == []
+
+
 def test_async_backoff_uses_the_shared_policy():
     slept: list[float] = []
 

@@ -19,8 +19,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from finetune_sdk import (AuthenticationError, BadRequest, EndpointTimeout, EndpointUnavailable, FineTuner,
-                          Predictor, RateLimited, TrainingSettings)
+from finetune_sdk import (AuthenticationError, BadRequest, EndpointError, EndpointTimeout, EndpointUnavailable,
+                          FineTuner, Predictor, RateLimited, TrainingSettings)
 from finetune_sdk.backends.local import LocalBackend
 from finetune_sdk.deployers.local import free_port
 from finetune_sdk.predict.http import HttpTransport
@@ -397,6 +397,26 @@ def test_the_servers_504_is_an_endpoint_timeout_and_not_sent_again():
             p.predict("hi")
     assert len(server.requests) == 1 and slept == []
     assert caught.value.status == 504 and "scripted 504" in str(caught.value)
+
+
+def test_a_closed_predictor_refuses_at_once_and_sends_nothing():
+    with FaultServer([]) as server:
+        p = Predictor.from_url(server.url)
+        assert p.predict("hi").text == "ok"
+        p.close()
+        with pytest.raises(EndpointUnavailable, match="Predictor for .* is closed; create a new one"):
+            p.predict("hi")
+        with pytest.raises(EndpointUnavailable, match="is closed"):
+            list(p.stream("hi"))
+    assert len(server.requests) == 1
+
+
+def test_an_answer_that_cannot_be_decoded_is_an_endpoint_error():
+    script = [(200, {"Content-Encoding": "gzip"}, 0.0, b"not gzip at all")]
+    with FaultServer(script) as server, Predictor.from_url(server.url) as p:
+        with pytest.raises(EndpointError, match="sent an answer that could not be read \\(DecodingError"):
+            p.predict("hi")
+    assert len(server.requests) == 1
 
 
 def test_hung_handler_hits_the_client_timeout():

@@ -351,3 +351,11 @@ def test_predict_batch_of_one_string_or_dict_is_refused_before_sending(inputs):
 
     with pytest.raises(ConfigError, match="takes a list of inputs"):
         asyncio.run(batch())
+
+
+def test_a_negative_max_retries_is_refused_at_once():
+    from finetune_sdk import AsyncPredictor, Predictor
+
+    for client in (Predictor, AsyncPredictor):
+        with pytest.raises(ConfigError, match="max_retries=-1; use 0 \\(no retries\\) or more"):
+            client.from_url("http://127.0.0.1:9", max_retries=-1)

@@ -154,6 +154,12 @@ def _reply(items: list[dict]) -> dict:
 INVOKE = {"EndpointName": "ep", "ContentType": "application/json", "Accept": "application/json", "Body": ANY}
 
 
+def test_an_unknown_aws_profile_is_a_config_error_saying_what_to_set(monkeypatch):
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(ConfigError, match="no-such-profile.*set AWS_PROFILE to a profile"):
+        Predictor.from_sagemaker("ep", region="us-east-1")
+
+
 def test_throttling_and_a_model_not_ready_are_retried_with_backoff():
     predictor, stub, sleeps = _runtime()
     stub.add_client_error("invoke_endpoint", "ThrottlingException", "Rate exceeded", 400, expected_params=INVOKE)
