@@ -14,11 +14,11 @@
     ├── ArtifactError          an artifact directory is missing, incomplete or from a newer SDK
     ├── CloudError             an AWS request failed (permissions, quota, missing resource); .code
     └── EndpointError          a prediction request failed (.status, .body when the endpoint answered)
-        ├── BadRequest             the endpoint rejected the request (4xx); fix the request, do not retry
+        ├── BadRequest             the endpoint rejected (4xx) or redirected (3xx) the request; do not retry
         ├── AuthenticationError    401/403: missing or wrong API key
         ├── RateLimited            429: too many requests (retried with backoff first)
-        ├── EndpointTimeout        no answer in time, or 408 (retried first)
-        └── EndpointUnavailable    connection refused/reset or 5xx (retried first)
+        ├── EndpointTimeout        no answer in time, or 408 (retried first); the server's 504 (not retried)
+        └── EndpointUnavailable    connection refused/reset or another 5xx (retried first)
 
 Errors from torch, transformers, datasets, boto3 or httpx are translated at the seam that calls them
 (``raise X from exc``) so users catch one family and read what to do next.
@@ -98,7 +98,7 @@ class EndpointError(FineTuneError):
 
 
 class BadRequest(EndpointError):
-    """The endpoint rejected the request (4xx); retrying the same request cannot help."""
+    """The endpoint rejected the request (4xx) or redirected it (3xx); retrying the same request cannot help."""
 
 
 class AuthenticationError(EndpointError):

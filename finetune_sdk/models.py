@@ -165,7 +165,7 @@ def load_tokenizer(ref: ModelRef, *, trust_remote_code: bool = False) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref.path, revision=ref.revision, trust_remote_code=trust_remote_code)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a folder with no tokenizer files transformers can use
         raise ModelError(_load_hint(ref, exc)) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

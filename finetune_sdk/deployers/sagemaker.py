@@ -66,6 +66,11 @@ class SageMakerDeployer:
         """
         artifact = artifact if isinstance(artifact, Artifact) else Artifact.load(artifact)
         name = endpoint_name or unique_name(Path(artifact.base_model).name)
+        # built first: a bad argument or a missing tokenizer fails before anything is created and billed
+        transport = SageMakerTransport(name, region=self.clients.region, endpoint_url=self.settings.endpoint_url,
+                                       timeout=timeout, max_retries=max_retries,
+                                       on_close=(lambda: self.delete(name)) if delete_on_close else None)
+        predictor = Predictor(TgiTransport.for_artifact(transport, artifact) if container == "tgi" else transport)
         config = self._create_model_and_config(artifact, Path(artifact.base_model).name, instance_type=instance_type,
                                                instance_count=instance_count, serverless=serverless,
                                                image_uri=image_uri, use_merged=use_merged,
@@ -84,10 +89,7 @@ class SageMakerDeployer:
         except BaseException:
             self._delete_quietly(config, endpoint_name=name)
             raise
-        transport = SageMakerTransport(name, region=self.clients.region, endpoint_url=self.settings.endpoint_url,
-                                       timeout=timeout, max_retries=max_retries,
-                                       on_close=(lambda: self.delete(name)) if delete_on_close else None)
-        return Predictor(TgiTransport.for_artifact(transport, artifact) if container == "tgi" else transport)
+        return predictor
 
     def update(self, endpoint_name: str, artifact: Artifact | str | Path, *, wait_timeout_s: float = 1800,
                poll_s: float = 15, sleep: Callable[[float], None] = time.sleep, **options: Any) -> None:

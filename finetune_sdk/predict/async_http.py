@@ -12,9 +12,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import httpx
 
+from ..errors import ConfigError
 from .base import SseDecoder
 from .retry import (DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, async_retrying, auth_headers, check_max_retries,
-                    checked_url, json_body, mapped_errors, status_error)
+                    check_open, checked_url, json_body, mapped_errors, status_error)
 
 
 class AsyncHttpTransport:
@@ -28,8 +29,21 @@ class AsyncHttpTransport:
         self.max_retries = max_retries
         self.sleep = sleep
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout), headers=auth_headers(api_key))
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _check_usable(self) -> None:
+        """Open, and on the event loop of its first request: httpx's pooled connections belong to that loop."""
+        check_open(self.client, self.url)
+        loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = loop
+        elif loop is not self.loop:
+            raise ConfigError(f"this AsyncPredictor for {self.url} was first used on another event loop (a second "
+                              "asyncio.run, say); create one AsyncPredictor inside each asyncio.run, or run all "
+                              "calls in one")
 
     async def send(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        self._check_usable()
         return await async_retrying(self.max_retries, self.sleep)(self._send_once, request)
 
     async def _send_once(self, request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -39,6 +53,7 @@ class AsyncHttpTransport:
 
     async def stream_chat(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Posts an OpenAI chat body with ``stream: true`` and yields its chunks; only the opening is retried."""
+        self._check_usable()
         endpoint = f"{self.url}/v1/chat/completions"
         response = await async_retrying(self.max_retries, self.sleep)(self._open_stream, endpoint, body)
         decoder = SseDecoder(endpoint)

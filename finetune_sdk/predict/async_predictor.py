@@ -43,7 +43,7 @@ class AsyncPredictor(PredictorBase):
 
     async def predict_batch(self, inputs: Sequence[Any], **generation: Any) -> list[Prediction]:
         """One request for many inputs; the endpoint generates them as a batch."""
-        inputs = list(inputs)
+        inputs = self._batch_inputs(inputs)
         if not inputs:
             return []
         return self._predictions(await self.transport.send(self._batch_request(inputs, generation)), len(inputs))

@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..errors import ConfigError, EndpointError
+from ..errors import ConfigError, EndpointError, EndpointUnavailable
+from .retry import error_message
 
 #: Predictor generation parameters and their names in the OpenAI chat API (what ``stream`` sends).
 OPENAI_PARAMETERS = {"max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
@@ -34,6 +35,14 @@ class PredictorBase:
     """Builds requests and parses answers; subclasses only add the sync or async calls."""
 
     transport: Any
+
+    @staticmethod
+    def _batch_inputs(inputs: Sequence[Any]) -> list[Any]:
+        """``inputs`` as a list; one string or dict is refused, as ``list()`` would split it into characters or keys."""
+        if isinstance(inputs, (str, bytes, Mapping)):
+            raise ConfigError(f"predict_batch() takes a list of inputs, got one {type(inputs).__name__}; pass "
+                              "[input], or call predict(input) for a single one")
+        return list(inputs)
 
     @staticmethod
     def _batch_request(inputs: list[Any], generation: dict[str, Any]) -> dict[str, Any]:
@@ -84,14 +93,23 @@ def chat_body(input_or_messages: str | Sequence[Mapping[str, str]], generation: 
 
 
 class SseDecoder:
-    """Turns server-sent-events lines into chunks; ``done`` once ``data: [DONE]`` has arrived."""
+    """Turns server-sent-events lines into chunks; ``done`` once ``data: [DONE]`` has arrived.
+
+    An error the server sends mid-stream (``event: error``, or ``data: {"error": ...}`` as OpenAI-compatible
+    servers do) is raised as EndpointUnavailable with the server's message, not taken for the end of the reply.
+    """
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.done = False
+        self.event = ""
 
     def feed(self, line: str) -> list[dict[str, Any]]:
-        """The chunk this line carries, if any (blank and comment lines carry none)."""
+        """The chunk this line carries, if any (blank, comment and ``event:`` lines carry none)."""
+        if line.startswith("event:"):
+            self.event = line[6:].strip()
+        elif not line:
+            self.event = ""  # a blank line ends the event
         if self.done or not line.startswith("data:"):
             return []
         data = line[5:].strip()
@@ -99,9 +117,18 @@ class SseDecoder:
             self.done = True
             return []
         try:
-            return [json.loads(data)]
+            chunk = json.loads(data)
         except json.JSONDecodeError as exc:
+            if self.event == "error":
+                raise self._failed(data) from exc
             raise EndpointError(f"{self.endpoint} streamed {data!r:.200}, which is not JSON") from exc
+        if self.event == "error" or (isinstance(chunk, Mapping) and chunk.get("error")):
+            raise self._failed(data)
+        return [chunk]
+
+    def _failed(self, data: str) -> EndpointUnavailable:
+        return EndpointUnavailable(f"{self.endpoint} failed mid-stream: {error_message(data)}; the reply is "
+                                   "incomplete, so ask again", body=data)
 
     def finish(self) -> None:
         """Call when the body ends: a stream that stopped before ``[DONE]`` may be cut short."""

@@ -13,11 +13,12 @@ from typing import Any, Callable, Iterator
 import httpx
 
 from .base import SseDecoder
-from .retry import (DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, INITIAL_BACKOFF, MAX_BACKOFF, auth_headers,
-                    check_max_retries, checked_url, is_retryable, json_body, mapped_errors, retrying, status_error)
+from .retry import (DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, INITIAL_BACKOFF, MAX_BACKOFF, MAX_RETRY_AFTER,
+                    auth_headers, check_max_retries, check_open, checked_url, is_retryable, json_body, mapped_errors,
+                    retrying, status_error)
 
-__all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "INITIAL_BACKOFF", "MAX_BACKOFF", "HttpTransport",
-           "is_retryable", "status_error"]
+__all__ = ["DEFAULT_MAX_RETRIES", "DEFAULT_TIMEOUT", "INITIAL_BACKOFF", "MAX_BACKOFF", "MAX_RETRY_AFTER",
+           "HttpTransport", "is_retryable", "status_error"]
 
 
 class HttpTransport:
@@ -32,6 +33,7 @@ class HttpTransport:
         self.client = httpx.Client(timeout=httpx.Timeout(timeout), headers=auth_headers(api_key))
 
     def send(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        check_open(self.client, self.url)
         return retrying(self.max_retries, self.sleep)(self._send_once, request)
 
     def _send_once(self, request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -45,6 +47,7 @@ class HttpTransport:
         Opening the stream is retried like ``send``; once chunks flow, a failure is raised as is
         (a retry would repeat text the caller has already shown).
         """
+        check_open(self.client, self.url)
         endpoint = f"{self.url}/v1/chat/completions"
         response = retrying(self.max_retries, self.sleep)(self._open_stream, endpoint, body)
         decoder = SseDecoder(endpoint)

@@ -59,7 +59,9 @@ class Predictor(PredictorBase):
     @classmethod
     def from_url(cls, url: str, api_key: str | None = None, *, timeout: float = 150.0,
                  max_retries: int = 3) -> "Predictor":
-        """An HTTP endpoint that speaks ``/invocations`` (our local server, a SageMaker container, TGI).
+        """An HTTP endpoint that speaks ``/invocations`` (our local server, a SageMaker container).
+
+        Not a TGI server, which takes rendered prompts: for one, use ``TgiTransport.for_artifact`` (:mod:`.tgi`).
 
         Timeouts, connection errors, 408, 429 and 5xx are retried up to ``max_retries`` times.
         """
@@ -94,7 +96,7 @@ class Predictor(PredictorBase):
 
     def predict_batch(self, inputs: Sequence[Any], **generation: Any) -> list[Prediction]:
         """One request for many inputs; the endpoint generates them as a batch."""
-        inputs = list(inputs)
+        inputs = self._batch_inputs(inputs)
         if not inputs:
             return []
         return self._predictions(self.transport.send(self._batch_request(inputs, generation)), len(inputs))

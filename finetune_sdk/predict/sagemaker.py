@@ -15,7 +15,7 @@ from typing import Any, Callable
 import boto3
 from botocore.config import Config
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError,
-                                 NoCredentialsError, NoRegionError, ReadTimeoutError)
+                                 NoCredentialsError, NoRegionError, ProfileNotFound, ReadTimeoutError)
 
 from ..errors import (AuthenticationError, BadRequest, ConfigError, EndpointError, EndpointTimeout,
                       EndpointUnavailable, RateLimited)
@@ -42,6 +42,9 @@ class SageMakerTransport:
             except NoRegionError as exc:
                 raise ConfigError(f"no AWS region for the endpoint {endpoint_name!r}; pass region= or set "
                                   "AWS_REGION") from exc
+            except ProfileNotFound as exc:
+                raise ConfigError(f"{exc}; set AWS_PROFILE to a profile that `aws configure list-profiles` shows, "
+                                  "or unset it to use the default credentials") from exc
         self.endpoint_name = endpoint_name
         self.client = client
         self.max_retries = max_retries
@@ -73,9 +76,10 @@ class SageMakerTransport:
             raise EndpointError(f"{where} answered non-JSON {body!r:.200}", body=body) from exc
 
     def close(self) -> None:
+        """Run ``on_close`` once it succeeds: after a failed delete, a later close() tries again."""
         if self.on_close is not None:
-            on_close, self.on_close = self.on_close, None
-            on_close()
+            self.on_close()
+            self.on_close = None
 
 
 def invoke_error(exc: ClientError, where: str) -> EndpointError:

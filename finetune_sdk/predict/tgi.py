@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ConfigError, EndpointError
+from ..errors import BadRequest, EndpointError
 
 #: Predictor generation parameters TGI understands under the same names.
 TGI_PARAMETERS = {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty", "seed"}
@@ -55,8 +55,8 @@ class TgiTransport:
         """TGI's parameters for a Predictor's generation keywords, and the strings that end the reply."""
         unknown = sorted(set(given) - TGI_PARAMETERS - {"stop"})
         if unknown:
-            raise ConfigError(f"a TGI endpoint does not take {unknown}; it understands "
-                              f"{sorted(TGI_PARAMETERS | {'stop'})}")
+            raise BadRequest(f"a TGI endpoint does not take {unknown}; it understands "
+                             f"{sorted(TGI_PARAMETERS | {'stop'})} (fix the request; nothing was sent)")
         merged = {**{k: v for k, v in self.defaults.items() if k in TGI_PARAMETERS},
                   **{k: v for k, v in given.items() if v is not None}}
         stop = merged.pop("stop", None) or []

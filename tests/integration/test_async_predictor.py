@@ -7,12 +7,14 @@ against identical servers; the fault tests mirror the sync ones there.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import pytest
 
-from finetune_sdk import AsyncPredictor, BadRequest, ConfigError, EndpointError, EndpointTimeout, Predictor
+from finetune_sdk import (AsyncPredictor, BadRequest, ConfigError, EndpointError, EndpointTimeout,
+                          EndpointUnavailable, Predictor)
 from finetune_sdk.predict.async_http import AsyncHttpTransport
 from finetune_sdk.predict.base import chat_body
 from tests.integration.test_server import (MESSAGES, QUESTION, ROW, FaultServer, engine, expected,  # noqa: F401
@@ -116,6 +118,36 @@ def test_async_400_is_not_retried():
     assert caught.value.status == 400 and "scripted 400" in str(caught.value)
 
 
+def test_async_504_is_an_endpoint_timeout_and_not_sent_again():
+    async def call(server_url: str) -> None:
+        async with AsyncPredictor.from_url(server_url) as p:
+            await p.predict("hi")
+
+    with FaultServer([(504, {"Retry-After": "0"}, 0.0)]) as server, pytest.raises(EndpointTimeout) as caught:
+        run(call(server.url))
+    assert len(server.requests) == 1 and caught.value.status == 504
+
+
+def test_an_async_predictor_says_it_belongs_to_its_first_event_loop():
+    with FaultServer([]) as server:
+        p = AsyncPredictor.from_url(server.url)
+        assert run(p.predict("hi")).text == "ok"
+        with pytest.raises(ConfigError, match="first used on another event loop .*; create one AsyncPredictor"):
+            run(p.predict("hi"))
+    assert len(server.requests) == 1
+
+
+def test_a_closed_async_predictor_refuses_at_once():
+    async def calls(server_url: str) -> None:
+        p = AsyncPredictor.from_url(server_url)
+        await p.aclose()
+        await p.predict("hi")
+
+    with FaultServer([]) as server, pytest.raises(EndpointUnavailable, match="is closed; create a new one"):
+        run(calls(server.url))
+    assert server.requests == []
+
+
 def test_async_backoff_uses_the_shared_policy():
     slept: list[float] = []
 
@@ -150,3 +182,30 @@ def test_stream_retries_its_opening_and_notices_a_missing_done():
         with pytest.raises(EndpointError, match=r"without 'data: \[DONE\]'"):
             list(p.stream("hi"))
     assert len(server.requests) == 3 and server.requests[0]["stream"] is True
+
+
+def sse_chunk(text: str) -> bytes:
+    return b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": text}}]}).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("error_event", [
+    b'data: {"error": {"message": "CUDA out of memory", "type": "server_error"}}\n\n',  # OpenAI-compatible servers
+    b'event: error\ndata: {"error": "CUDA out of memory", "error_type": "generation"}\n\n'])  # TGI
+def test_an_error_event_mid_stream_raises_the_servers_message(error_event):
+    """The text before the error arrives; the error is raised, not taken for the end of a complete reply."""
+    body = sse_chunk("The first half") + error_event + b"data: [DONE]\n\n"
+    script = [(200, {"Content-Type": "text/event-stream"}, 0.0, body)] * 2
+    received: list[str] = []
+
+    async def stream(server_url: str) -> None:
+        async with AsyncPredictor.from_url(server_url) as ap:
+            async for text in ap.stream("hi"):
+                received.append(text)
+
+    with FaultServer(script) as server:
+        with Predictor.from_url(server.url) as p, pytest.raises(EndpointUnavailable, match="CUDA out of memory"):
+            for text in p.stream("hi"):
+                received.append(text)
+        with pytest.raises(EndpointUnavailable, match="failed mid-stream: CUDA out of memory"):
+            run(stream(server.url))
+    assert received == ["The first half"] * 2 and len(server.requests) == 2

@@ -97,7 +97,7 @@ def test_the_row_of_a_client_that_hung_up_leaves_the_batch(engine):
 
 def test_the_client_waits_longer_than_the_server_lets_a_request_wait():
     """A client that gave up first would send the request again while the server still generates the first copy;
-    a server that gives up first answers 504 with Retry-After, which the client honours."""
+    a server that gives up first answers 504, which the client raises as EndpointTimeout without resending."""
     assert DEFAULT_TIMEOUT > DEFAULT_REQUEST_TIMEOUT_S
     for method in (Predictor.from_url, AsyncPredictor.from_url, LocalServerDeployer.deploy):
         assert inspect.signature(method).parameters["timeout"].default == DEFAULT_TIMEOUT, method

@@ -19,8 +19,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from finetune_sdk import (AuthenticationError, BadRequest, EndpointTimeout, EndpointUnavailable, FineTuner,
-                          Predictor, RateLimited, TrainingSettings)
+from finetune_sdk import (AuthenticationError, BadRequest, EndpointError, EndpointTimeout, EndpointUnavailable,
+                          FineTuner, Predictor, RateLimited, TrainingSettings)
 from finetune_sdk.backends.local import LocalBackend
 from finetune_sdk.deployers.local import free_port
 from finetune_sdk.predict.http import HttpTransport
@@ -301,9 +301,10 @@ def test_public_bind_without_a_key_is_refused(tuner):
 
 # -- retries and timeouts against a server that misbehaves on purpose ------------------------------------
 class FaultServer:
-    """A loopback http.server that plays a script: each request takes the next (status, headers, delay)."""
+    """A loopback http.server that plays a script: each request takes the next (status, headers, delay), or
+    (status, headers, delay, body) to send that body instead of the usual one."""
 
-    def __init__(self, script: list[tuple[int, dict[str, str], float]]) -> None:
+    def __init__(self, script: list[tuple]) -> None:
         self.script = list(script)
         self.requests: list[dict] = []
         owner = self
@@ -311,10 +312,10 @@ class FaultServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 owner.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                status, headers, delay = owner.script.pop(0) if owner.script else (200, {}, 0.0)
+                status, headers, delay, *given = owner.script.pop(0) if owner.script else (200, {}, 0.0)
                 time.sleep(delay)
-                body = (json.dumps([{"generated_text": "ok"}]) if status == 200
-                        else json.dumps({"error": {"message": f"scripted {status}", "type": "fault"}})).encode()
+                body = given[0] if given else (json.dumps([{"generated_text": "ok"}]) if status == 200 else json.dumps(
+                    {"error": {"message": f"scripted {status}", "type": "fault"}})).encode()
                 try:
                     self.send_response(status)
                     for name, value in {"Content-Type": "application/json", **headers}.items():
@@ -368,6 +369,54 @@ def test_retry_after_is_honoured_and_retries_run_out():
                                                                                sleep=slept.append)) as p:
         with pytest.raises(RateLimited):
             p.predict("hi")
+
+
+def test_retry_after_is_honoured_up_to_a_minute():
+    """The server's own 503 asks for 1 to 60 s; a client that cut that short would come back while it is still full."""
+    slept: list[float] = []
+    script = [(503, {"Retry-After": "30"}, 0.0), (429, {"Retry-After": "3600"}, 0.0)]
+    with FaultServer(script) as server, Predictor(HttpTransport(server.url, sleep=slept.append)) as p:
+        assert p.predict("hi").text == "ok"
+    assert slept == [30.0, 60.0] and len(server.requests) == 3
+
+
+def test_a_redirect_names_the_url_to_use_and_is_not_followed_or_retried():
+    slept: list[float] = []
+    with FaultServer([(307, {"Location": "/v2/invocations"}, 0.0)]) as server, Predictor(
+            HttpTransport(server.url, sleep=slept.append)) as p:
+        with pytest.raises(BadRequest, match=f"redirect to {server.url}/v2/invocations; use this URL") as caught:
+            p.predict("hi")
+    assert caught.value.status == 307 and len(server.requests) == 1 and slept == []
+
+
+def test_the_servers_504_is_an_endpoint_timeout_and_not_sent_again():
+    slept: list[float] = []
+    with FaultServer([(504, {"Retry-After": "1"}, 0.0)]) as server, Predictor(
+            HttpTransport(server.url, sleep=slept.append)) as p:
+        with pytest.raises(EndpointTimeout, match="not retried") as caught:
+            p.predict("hi")
+    assert len(server.requests) == 1 and slept == []
+    assert caught.value.status == 504 and "scripted 504" in str(caught.value)
+
+
+def test_a_closed_predictor_refuses_at_once_and_sends_nothing():
+    with FaultServer([]) as server:
+        p = Predictor.from_url(server.url)
+        assert p.predict("hi").text == "ok"
+        p.close()
+        with pytest.raises(EndpointUnavailable, match="Predictor for .* is closed; create a new one"):
+            p.predict("hi")
+        with pytest.raises(EndpointUnavailable, match="is closed"):
+            list(p.stream("hi"))
+    assert len(server.requests) == 1
+
+
+def test_an_answer_that_cannot_be_decoded_is_an_endpoint_error():
+    script = [(200, {"Content-Encoding": "gzip"}, 0.0, b"not gzip at all")]
+    with FaultServer(script) as server, Predictor.from_url(server.url) as p:
+        with pytest.raises(EndpointError, match="sent an answer that could not be read \\(DecodingError"):
+            p.predict("hi")
+    assert len(server.requests) == 1
 
 
 def test_hung_handler_hits_the_client_timeout():

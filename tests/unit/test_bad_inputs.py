@@ -331,3 +331,31 @@ def test_an_endpoint_url_that_is_not_http_is_refused_at_once(url):
     for client in (Predictor, AsyncPredictor):
         with pytest.raises(ConfigError, match=f"{url!r} is not an http:// or https:// URL with a host; add"):
             client.from_url(url)
+
+
+@pytest.mark.parametrize("inputs", ["I can't sleep", {"questionText": "I can't sleep"}])
+def test_predict_batch_of_one_string_or_dict_is_refused_before_sending(inputs):
+    import asyncio
+
+    from finetune_sdk import AsyncPredictor, MockTransport, Predictor
+
+    transport = MockTransport(lambda request: [{"generated_text": "x"} for _ in request["inputs"]])
+    refused = r"predict_batch\(\) takes a list of inputs, got one (str|dict); pass \[input\]"
+    with pytest.raises(ConfigError, match=refused):
+        Predictor(transport).predict_batch(inputs)
+    assert transport.requests == []
+
+    async def batch() -> None:
+        async with AsyncPredictor.from_url("http://127.0.0.1:9") as p:  # nothing is sent, so nothing need listen
+            await p.predict_batch(inputs)
+
+    with pytest.raises(ConfigError, match="takes a list of inputs"):
+        asyncio.run(batch())
+
+
+def test_a_negative_max_retries_is_refused_at_once():
+    from finetune_sdk import AsyncPredictor, Predictor
+
+    for client in (Predictor, AsyncPredictor):
+        with pytest.raises(ConfigError, match="max_retries=-1; use 0 \\(no retries\\) or more"):
+            client.from_url("http://127.0.0.1:9", max_retries=-1)

@@ -11,8 +11,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
-from finetune_sdk import (BadRequest, ConfigError, EndpointError, EndpointTimeout, FineTuner, Predictor, RateLimited,
-                          TrainingError)
+from finetune_sdk import (BadRequest, CloudError, ConfigError, EndpointError, EndpointTimeout, FineTuner, ModelError,
+                          Predictor, RateLimited, TrainingError)
 from finetune_sdk.artifact import write_manifest
 from finetune_sdk.backends.base import TrainingJob
 from finetune_sdk.backends.sagemaker import SageMakerBackend
@@ -154,6 +154,12 @@ def _reply(items: list[dict]) -> dict:
 INVOKE = {"EndpointName": "ep", "ContentType": "application/json", "Accept": "application/json", "Body": ANY}
 
 
+def test_an_unknown_aws_profile_is_a_config_error_saying_what_to_set(monkeypatch):
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(ConfigError, match="no-such-profile.*set AWS_PROFILE to a profile"):
+        Predictor.from_sagemaker("ep", region="us-east-1")
+
+
 def test_throttling_and_a_model_not_ready_are_retried_with_backoff():
     predictor, stub, sleeps = _runtime()
     stub.add_client_error("invoke_endpoint", "ThrottlingException", "Rate exceeded", 400, expected_params=INVOKE)
@@ -188,6 +194,23 @@ def test_model_error_is_typed_and_not_retried(original, error):
     with stub, pytest.raises(error, match="max_new_tokens must be >= 1; its logs are in arn:aws:logs") as raised:
         predictor.predict("hi")
     assert type(raised.value) is error and raised.value.status == original and sleeps == []
+
+
+def test_a_delete_on_close_that_failed_is_tried_again_by_the_next_close():
+    attempts = []
+
+    def delete() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise CloudError("delete the endpoint ep failed (ThrottlingException): Rate exceeded",
+                             code="ThrottlingException")
+
+    predictor = Predictor(SageMakerTransport("ep", client=object(), on_close=delete))
+    with pytest.raises(CloudError, match="Rate exceeded"):
+        predictor.close()
+    predictor.close()
+    predictor.close()
+    assert len(attempts) == 2  # once failed, once deleted, then nothing left to do
 
 
 # -- endpoints ------------------------------------------------------------------------------------
@@ -321,3 +344,24 @@ def test_an_endpoint_name_in_use_is_refused_and_that_endpoint_is_left_alone(arti
         deployer.deploy(artifact, endpoint_name="ep")
     sm.assert_no_pending_responses()
     assert "DeleteEndpoint" not in calls and calls[-1] == "DeleteModel"
+
+
+@pytest.mark.parametrize("merged, options, error, message", [
+    (False, {"max_retries": -1}, ConfigError, "max_retries=-1"),
+    (True, {"container": "tgi"}, ModelError, "could not load the model in")])
+def test_what_the_predictor_needs_is_checked_before_anything_is_created(artifact, merged, options, error, message):
+    """A Predictor that cannot be built must fail before CreateModel, not leave an InService endpoint billing."""
+    if merged:  # TGI serves merged/; with no tokenizer next to the artifact the prompts cannot be rendered
+        (artifact / "merged").mkdir()
+        (artifact / "merged" / "config.json").write_text("{}")
+    deployer, sm, s3 = _deployer_stubs()
+    _expect_model_and_config(sm, s3)
+    sm.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/ep"},
+                    {"EndpointName": "ep", "EndpointConfigName": ANY, "Tags": ANY})
+    sm.add_response("describe_endpoint", _endpoint("InService"), {"EndpointName": "ep"})
+    calls = []
+    for client in (sm.client, s3.client):
+        client.meta.events.register("before-parameter-build", lambda model, **kw: calls.append(model.name))
+    with sm, s3, pytest.raises(error, match=message):
+        deployer.deploy(artifact, endpoint_name="ep", sleep=lambda s: None, **options)
+    assert calls == []

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from finetune_sdk import ConfigError, EndpointError, Predictor
+from finetune_sdk import BadRequest, EndpointError, Predictor
 from finetune_sdk.artifact import Artifact, write_manifest
 from finetune_sdk.encoding import Encoder
 from finetune_sdk.predict.sagemaker import SageMakerTransport
@@ -93,7 +93,7 @@ def test_sampling_parameters_and_stop_strings_pass_through(tgi):
 
 def test_bad_parameters_fail_before_any_call_and_a_bad_answer_is_an_endpoint_error(tgi):
     predictor, stub, sent = tgi
-    with stub, pytest.raises(ConfigError, match=r"a TGI endpoint does not take \['num_beams'\]"):
+    with stub, pytest.raises(BadRequest, match=r"a TGI endpoint does not take \['num_beams'\]"):
         predictor.predict(QUESTION, num_beams=4)
     assert sent == []
     stub.add_response("invoke_endpoint", _reply([{"error": "Input validation error"}]), INVOKE)
