@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..template import PromptTemplate
-from .metrics import confusion_matrix, cosine, exact_match, extract_label, percentile, rouge_l
+from .metrics import confusion_matrix, cosine, exact_match, first_label, label_patterns, percentile, rouge_l
 
 ALL_METRICS = ("label_accuracy", "exact_match", "rouge_l", "embedding_similarity", "answer_length", "stop_rate",
                "latency", "tokens_per_s")
@@ -83,6 +83,8 @@ def evaluate(predictor: Any, rows: Sequence[Mapping[str, Any]], template: Prompt
         raise ConfigError("no rows to evaluate; pass a dataset with at least one row")
     if label_column is not None and any(label_column not in r for r in rows):
         raise ConfigError(f"label_column={label_column!r} is missing from some rows; the rows have: {sorted(rows[0])}")
+    label_list = sorted({str(r[label_column]) for r in rows} | set(labels or [])) if label_column else None
+    patterns = label_patterns(label_list) if label_list is not None else {}  # clashing labels fail before any request
     inputs = [_prompt_input(template, r) for r in rows]
     references = [_reference(template, r) for r in rows]
     records: list[EvalRecord] = []
@@ -95,11 +97,11 @@ def evaluate(predictor: Any, rows: Sequence[Mapping[str, Any]], template: Prompt
         records += [EvalRecord(ref, p.text, p.finish_reason, p.completion_tokens, latency)
                     for ref, p in zip(references[start:start + batch_size], replies)]
     report = EvalReport(name, {}, records, request_seconds=seconds)
-    if label_column is not None:
-        report.labels = sorted({str(r[label_column]) for r in rows} | set(labels or []))
+    if label_list is not None:
+        report.labels = label_list
         for record, row in zip(records, rows):
             record.true_label = str(row[label_column])
-            record.predicted_label = extract_label(record.prediction, report.labels)
+            record.predicted_label = first_label(record.prediction, patterns)
     _score(report, wanted, embed)
     return report
 

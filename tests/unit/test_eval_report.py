@@ -84,6 +84,10 @@ def test_bad_arguments_are_typed_errors():
         evaluate(TUNED, ROWS, TEMPLATE, metrics=["embedding_similarity"])
     with pytest.raises(ConfigError, match="no rows"):
         evaluate(TUNED, [], TEMPLATE)
+    TUNED.transport.requests.clear()
+    with pytest.raises(ConfigError, match="'Sleep' and 'sleep'"):
+        evaluate(TUNED, ROWS, TEMPLATE, label_column="topic", labels=["Sleep"])
+    assert TUNED.transport.requests == []                                       # refused before any request
     with pytest.raises(ConfigError, match="missing from some rows"):
         evaluate(TUNED, ROWS, TEMPLATE, label_column="label")
     base = evaluate(BASE, ROWS, TEMPLATE)
