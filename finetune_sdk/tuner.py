@@ -218,7 +218,9 @@ class FineTuner:
         from .predict import Predictor
 
         if isinstance(source, str) and source == "base":
-            return Predictor.base_model(self.model, self.template), True, "base"
+            return Predictor.base_model(self.model, self.template, revision=self.revision,
+                                        trust_remote_code=self.trust_remote_code,
+                                        allow_pickle=self.allow_pickle), True, "base"
         if hasattr(source, "predict_batch"):
             return source, False, "model"
         artifact = self.artifact if source is None else source

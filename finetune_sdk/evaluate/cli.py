@@ -42,7 +42,8 @@ def run_eval(args: argparse.Namespace) -> int:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             (Path(args.out) / "report.json").write_text(json.dumps(tuned.to_dict(), indent=2, default=str) + "\n")
         return 0
-    with Predictor.base_model(artifact.base_model, template) as base_predictor:
+    base_ref = artifact.base_model_ref()  # the folder it was trained from, at its recorded revision
+    with Predictor.base_model(base_ref.path, template, revision=base_ref.revision) as base_predictor:
         base = evaluate(base_predictor, rows, template, name="base", **options)
     comparison = compare(base, tuned, gate=args.gate)
     print(comparison.table(), end="")
