@@ -10,8 +10,8 @@ from ..artifact import Artifact
 from ..data import clean_rows, load_rows, read_jsonl
 from ..errors import ConfigError
 from ..spec import work_dir_for
-from .report import compare, report_table
-from .run import auto_label_column, evaluate
+from .report import check_gate, compare, report_table
+from .run import auto_label_column, evaluate, expected_metrics
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -31,6 +31,8 @@ def run_eval(args: argparse.Namespace) -> int:
     known = rows + (read_jsonl(data / "train.jsonl") if (data / "train.jsonl").is_file() else [])
     label_column = args.label_column or auto_label_column(template, known)
     labels = sorted({str(r[label_column]) for r in known if label_column in r}) if label_column else None
+    expected = expected_metrics(rows, label_column=label_column, labels=labels)  # a wrong column fails here
+    check_gate(args.gate if args.base else None, expected)  # and a gate no report can meet, before any model loads
     options = {"label_column": label_column, "labels": labels, "batch_size": args.batch_size,
                "max_new_tokens": args.max_new_tokens}
     tuned_predictor = Predictor.from_url(args.url, api_key=args.api_key) if args.url else Predictor.local(artifact)

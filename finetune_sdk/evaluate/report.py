@@ -6,7 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError
 from .metrics import NO_LABEL
@@ -149,12 +149,21 @@ def compare(base: EvalReport, tuned: EvalReport, gate: Mapping[str, float] | Non
     """
     if base.n != tuned.n:
         raise ConfigError(f"the reports cover different rows ({base.n} vs {tuned.n}); evaluate both on the same data")
-    checks = []
-    for metric, min_gain in (gate or {}).items():
-        if metric not in base.metrics or metric not in tuned.metrics:
-            raise ConfigError(f"gate metric {metric!r} is not in both reports; they have {sorted(tuned.metrics)}")
-        checks.append(GateCheck(metric, float(min_gain), base.metrics[metric], tuned.metrics[metric]))
+    check_gate(gate, set(base.metrics) & set(tuned.metrics))
+    checks = [GateCheck(metric, float(min_gain), base.metrics[metric], tuned.metrics[metric])
+              for metric, min_gain in (gate or {}).items()]
     return Comparison(base, tuned, checks)
+
+
+def check_gate(gate: Mapping[str, float] | None, available: Iterable[str]) -> None:
+    """Raise ConfigError for a gate rule on a metric the reports do not have (or, given expected_metrics(),
+    will not have), so it can be checked before any model runs."""
+    available = set(available)
+    for metric in gate or {}:
+        if metric not in available:
+            hint = (" (label metrics need a label column: label_column= in Python, --label-column on the command "
+                    "line)" if metric in ("label_accuracy", "no_label_rate") else "")
+            raise ConfigError(f"gate metric {metric!r} is not in both reports{hint}; they have {sorted(available)}")
 
 
 def parse_gate(items: list[str]) -> dict[str, float]:
