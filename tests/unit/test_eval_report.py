@@ -98,3 +98,16 @@ def test_bad_arguments_are_typed_errors():
     assert parse_gate(["label_accuracy=0.2", "rouge_l=-0.05"]) == {"label_accuracy": 0.2, "rouge_l": -0.05}
     with pytest.raises(ConfigError, match="METRIC=MIN_GAIN"):
         parse_gate(["label_accuracy"])
+
+
+def test_saving_the_chart_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # as a notebook or GUI sets its own
+    try:
+        report = evaluate(TUNED, ROWS, TEMPLATE, label_column="topic")
+        paths = compare(report, report).save(tmp_path)
+        assert matplotlib.get_backend() == "pdf"
+        assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)
