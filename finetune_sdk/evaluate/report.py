@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -113,15 +115,27 @@ class Comparison:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
     def save(self, folder: str | Path, stem: str = "comparison") -> dict[str, Path]:
-        """Write ``{stem}.md``, ``{stem}.json`` and ``{stem}.png`` into ``folder``; return their paths."""
-        from .chart import render_chart
+        """Write ``{stem}.md``, ``{stem}.json`` and ``{stem}.png`` into ``folder``; return their paths.
 
+        All three are written under temporary names and renamed only once the last is done, so a failure (no
+        matplotlib, a full disk) leaves no half-written report and keeps any older files as they were.
+        """
+        from .chart import render_chart, require_matplotlib
+
+        require_matplotlib()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"markdown": folder / f"{stem}.md", "json": folder / f"{stem}.json", "png": folder / f"{stem}.png"}
-        paths["markdown"].write_text(self.markdown(), encoding="utf-8")
-        paths["json"].write_text(self.to_json() + "\n", encoding="utf-8")
-        render_chart(self, paths["png"])
+        staged = {key: path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp") for key, path in paths.items()}
+        try:
+            staged["markdown"].write_text(self.markdown(), encoding="utf-8")
+            staged["json"].write_text(self.to_json() + "\n", encoding="utf-8")
+            render_chart(self, staged["png"])
+            for key, path in paths.items():
+                os.replace(staged[key], path)
+        finally:
+            for leftover in staged.values():
+                leftover.unlink(missing_ok=True)
         return paths
 
     def _gate_lines(self) -> list[str]:

@@ -68,3 +68,16 @@ def test_eval_command_gates_and_writes_the_report(tuner, tmp_path, capsys):
     assert "gate FAILED" in capsys.readouterr().out
     assert main(["eval", artifact, "--max-new-tokens", "3", "--label-column", "topic"]) == 0
     assert "tuned on 13 rows" in capsys.readouterr().out
+
+
+def test_a_report_that_cannot_be_written_does_not_hide_the_gate(tuner, tmp_path, monkeypatch, capsys):
+    from finetune_sdk.cli import main
+    from finetune_sdk.evaluate import Comparison
+
+    def full_disk(self, folder):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Comparison, "save", full_disk)
+    common = ["eval", str(tuner.artifact.path), "--base", "--max-new-tokens", "2", "--out", str(tmp_path)]
+    assert main([*common, "--gate", "label_accuracy=0.5"]) == 1  # the gate failed: that is the answer CI needs
+    assert main([*common, "--gate", "stop_rate=-1"]) == 2        # the gate passed, but the report is missing
+    assert capsys.readouterr().err.count("No space left on device") == 2

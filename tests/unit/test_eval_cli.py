@@ -5,6 +5,7 @@ fail on the missing model instead, with another message.
 """
 
 import json
+import sys
 
 import pytest
 
@@ -50,3 +51,11 @@ def test_compare_refuses_a_gate_no_report_can_have_before_loading_a_model(tiny_m
     tuner = FineTuner(str(tiny_model_dir), rows, LABELLED, output_dir=tmp_path / "run")
     with pytest.raises(ConfigError, match="gate metric 'label_accuracy' is not in both reports"):
         tuner.compare(gate={"label_accuracy": 0.1}, label_column=None)
+
+
+def test_eval_out_without_matplotlib_fails_before_any_model_loads(artifact, data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # matplotlib not installed
+    out = tmp_path / "out"
+    assert main(["eval", str(artifact), "--data", str(data), "--base", "--gate", "rouge_l=0.1", "--out", str(out)]) == 2
+    assert "charts need matplotlib: pip install 'finetune-sdk[eval]'" in capsys.readouterr().err
+    assert not out.exists()

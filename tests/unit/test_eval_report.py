@@ -1,6 +1,7 @@
 """evaluate() and compare() through a Predictor on the public MockTransport: known replies, known scores."""
 
 import json
+import sys
 
 import pytest
 
@@ -111,3 +112,24 @@ def test_saving_the_chart_leaves_the_users_matplotlib_backend_alone(tmp_path):
         assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         matplotlib.use(before)
+
+
+def test_a_failed_save_leaves_no_half_written_report(tmp_path, monkeypatch):
+    import finetune_sdk.evaluate.chart as chart
+    from finetune_sdk.errors import MissingDependencyError
+
+    report = evaluate(TUNED, ROWS, TEMPLATE, label_column="topic")
+    old = {name: f"last run's {name}" for name in ("comparison.md", "comparison.json", "comparison.png")}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+
+    def half_drawn(comparison, path):  # a full disk while the PNG is written
+        open(path, "w").write("half a PNG")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(chart, "render_chart", half_drawn)
+    with pytest.raises(OSError, match="No space"):
+        compare(report, report).save(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # matplotlib not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'finetune-sdk\[eval\]'"):
+        compare(report, report).save(tmp_path)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == old
