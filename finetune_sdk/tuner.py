@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from .artifact import Artifact
-from .data import CleanReport, clean_rows, count_overlap, fingerprint, load_rows, split_rows, write_jsonl
+from .data import CleanReport, clean_rows, count_overlap, fingerprint, load_rows, split_indices, write_jsonl
 from .errors import ArtifactError, ConfigError
 from .models import DEFAULT_MODEL, check_local_model
 from .registry import BACKENDS, DEPLOYERS, resolve
@@ -81,7 +81,9 @@ class FineTuner:
         if stratify is not None and stratify not in template.columns:
             raise ConfigError(f"stratify={stratify!r} is not a template column ({template.columns})")
         rows, self.clean_report = clean_rows(load_rows(dataset), template, strict=strict)
-        self.train_rows, self.eval_rows = split_rows(rows, eval_fraction, seed, stratify)
+        train, evals = split_indices(rows, eval_fraction, seed, stratify)
+        self.train_rows, self.eval_rows = [rows[i] for i in train], [rows[i] for i in evals]
+        self._train_row_numbers = [self.clean_report.kept_rows[i] for i in train]  # for preview's messages
         count_overlap(self.train_rows, self.eval_rows, template, self.clean_report)
         self.job = None
         self._artifact: Artifact | None = None
@@ -108,9 +110,10 @@ class FineTuner:
         """Render ``n`` training examples with trained vs masked tokens and lint them (prints them)."""
         from .preview import preview_rows
 
+        numbers = self._train_row_numbers if len(self._train_row_numbers) == len(self.train_rows) else None
         return preview_rows(self.model, self.template, self.train_rows, n=n, color=color, file=file,
                             max_length=self.max_length, truncation=self.truncation,
-                            trust_remote_code=self.trust_remote_code)
+                            trust_remote_code=self.trust_remote_code, row_numbers=numbers)
 
     def train(self, *, resume: bool = False, wait: bool = True) -> Artifact:
         """Write the data files, start the backend job and (by default) wait for the artifact."""
