@@ -20,6 +20,8 @@ def run_eval(args: argparse.Namespace) -> int:
     """Print the report (and write it with --out); exit code 1 when the gate (``args.gate``, parsed) fails."""
     from ..predict import Predictor
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a folder to write the report into")
     artifact = Artifact.load(args.artifact)
     template = artifact.template
     data = work_dir_for(artifact.path) / "data"

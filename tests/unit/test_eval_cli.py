@@ -59,3 +59,22 @@ def test_eval_out_without_matplotlib_fails_before_any_model_loads(artifact, data
     assert main(["eval", str(artifact), "--data", str(data), "--base", "--gate", "rouge_l=0.1", "--out", str(out)]) == 2
     assert "charts need matplotlib: pip install 'finetune-sdk[eval]'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_eval_refuses_an_out_path_that_is_a_file_before_any_model_loads(artifact, data, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["eval", str(artifact), "--data", str(data), "--out", str(afile)]) == 2
+    assert f"--out {afile} is a file; give a folder" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_exits_2_not_1_which_means_a_failed_gate(artifact, monkeypatch, capsys):
+    import finetune_sdk.evaluate.cli as eval_cli
+
+    def crash(args):  # fault injection: a bug, or a torch error the SDK does not translate
+        raise RuntimeError("something broke")
+    monkeypatch.setattr(eval_cli, "run_eval", crash)
+    assert main(["eval", str(artifact)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith("error: unexpected RuntimeError: something broke (the traceback "
+                                               "above shows where)\n")
