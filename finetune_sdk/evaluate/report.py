@@ -147,7 +147,7 @@ class Comparison:
 def report_table(report: EvalReport) -> str:
     """One report's metrics (and confusion matrix) as terminal text."""
     rows = [(label, _fmt(fmt, report.metrics[key])) for key, (label, fmt, _) in METRICS.items() if key in report.metrics]
-    width = max(len(label) for label, _ in rows)
+    width = max((len(label) for label, _ in rows), default=0)
     lines = [f"{report.name} on {report.n} rows", *[f"{label.ljust(width)}  {value:>9}" for label, value in rows],
              *report.notes]
     if report.confusion is not None:

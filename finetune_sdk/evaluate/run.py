@@ -6,11 +6,12 @@ model in this process, a local server, a SageMaker endpoint, or a MockTransport 
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingColumnError
 from ..template import PromptTemplate
 from .metrics import confusion_matrix, cosine, exact_match, first_label, label_patterns, percentile, rouge_l
 
@@ -80,9 +81,15 @@ def evaluate(predictor: Any, rows: Sequence[Mapping[str, Any]], template: Prompt
     reply is compared with the row's value. ``embed`` (texts -> vectors) enables embedding_similarity.
     Generation parameters (``max_new_tokens``, ...) go to every request unchanged.
     """
+    _check_predictor(predictor)
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}; use 1 or more inputs per request")
     wanted, patterns = _checked(rows, metrics, label_column, labels, embed)
+    for i, row in enumerate(rows):
+        missing = [c for c in template.columns if c not in row]
+        if missing:
+            raise MissingColumnError(f"row {i} has no column {missing[0]!r}, which the template needs; "
+                                     f"the row has: {sorted(row)}")
     inputs = [_prompt_input(template, r) for r in rows]
     references = [_reference(template, r) for r in rows]
     records: list[EvalRecord] = []
@@ -124,6 +131,15 @@ def _checked(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None, l
     if any(label_column not in r for r in rows):
         raise ConfigError(f"label_column={label_column!r} is missing from some rows; the rows have: {sorted(rows[0])}")
     return wanted, label_patterns(sorted({str(r[label_column]) for r in rows} | set(labels or [])))
+
+
+def _check_predictor(predictor: Any) -> None:
+    batch = getattr(predictor, "predict_batch", None)
+    if batch is None:
+        raise ConfigError(f"evaluate() needs a Predictor (anything with predict_batch), got {type(predictor).__name__}")
+    if inspect.iscoroutinefunction(batch):
+        raise ConfigError("evaluate() calls the predictor synchronously; pass a Predictor (e.g. Predictor.from_url) "
+                          "rather than an AsyncPredictor")
 
 
 def _check_metrics(metrics: Sequence[str] | None, label_column: str | None, embed: Embedder | None) -> list[str]:

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from finetune_sdk import ConfigError, MockTransport, Predictor, PromptTemplate
-from finetune_sdk.evaluate import compare, evaluate, parse_gate
+from finetune_sdk import AsyncPredictor, ConfigError, FineTuner, MockTransport, Predictor, PromptTemplate
+from finetune_sdk.errors import MissingColumnError
+from finetune_sdk.evaluate import compare, evaluate, parse_gate, report_table
 
 TEMPLATE = PromptTemplate.chat(user="{q}", assistant="this sounds like {topic}.")
 ROWS = [{"q": "can't sleep", "topic": "sleep"}, {"q": "so sad", "topic": "depression"},
@@ -133,3 +134,20 @@ def test_a_failed_save_leaves_no_half_written_report(tmp_path, monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"pip install 'finetune-sdk\[eval\]'"):
         compare(report, report).save(tmp_path)
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == old
+
+
+def test_wrong_predictors_and_rows_are_typed_errors_and_no_metrics_is_fine():
+    with pytest.raises(ConfigError, match="pass a Predictor .* rather than an AsyncPredictor"):
+        evaluate(AsyncPredictor(TUNED.transport), ROWS, TEMPLATE)
+    with pytest.raises(ConfigError, match="needs a Predictor .*got object"):
+        evaluate(object(), ROWS, TEMPLATE)
+    with pytest.raises(MissingColumnError, match="row 1 has no column 'q', which the template needs"):
+        evaluate(TUNED, [ROWS[0], {"question": "so sad", "topic": "depression"}], TEMPLATE)
+    assert report_table(evaluate(TUNED, ROWS, TEMPLATE, metrics=[])) == "model on 4 rows\n"
+
+
+def test_the_tuner_adds_given_labels_to_its_training_labels(tiny_model_dir, tmp_path):
+    rows = [{"q": f"question {i}", "topic": "sleep" if i % 2 else "anxiety"} for i in range(20)]
+    tuner = FineTuner(str(tiny_model_dir), rows, TEMPLATE, output_dir=tmp_path / "run")
+    report = tuner.evaluate(scripted({r["q"]: "this sounds like grief." for r in rows}), labels=["grief"])
+    assert report.labels == ["anxiety", "grief", "sleep"] and report.metrics["no_label_rate"] == 0.0
