@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from typing import Any
 
 from .errors import ConfigError, FineTuneError
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except FineTuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # not Python's exit status 1, which `eval` keeps for a failed gate
+        traceback.print_exc()
+        print(f"error: unexpected {type(exc).__name__}: {exc} (the traceback above shows where)", file=sys.stderr)
         return 2
 
 

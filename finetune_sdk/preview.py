@@ -21,11 +21,13 @@ TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
 
 @dataclass
 class Preview:
-    """Rendered examples (text with trained spans marked) and lint problems over all rows."""
+    """Rendered examples (text with trained spans marked), lint problems over all rows, and the rows training
+    leaves out (longer than max_length with ``truncation="drop"``)."""
 
     examples: list[str]
     problems: list[str] = field(default_factory=list)
     rows_checked: int = 0
+    dropped: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -35,14 +37,25 @@ class Preview:
         return "\n\n".join(self.examples)
 
 
-def lint(encoder: Encoder, rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Problems found in the encoded rows, each with the row numbers it affects."""
+def lint(encoder: Encoder, rows: Sequence[dict[str, Any]], numbers: Sequence[int] | None = None) -> list[str]:
+    """Problems found in the encoded rows, each with the numbers of the rows it affects (``numbers``: each row's
+    number in the user's dataset; by default its position in ``rows``)."""
+    return _check(encoder, rows, numbers)[0]
+
+
+def _check(encoder: Encoder, rows: Sequence[dict[str, Any]],
+           numbers: Sequence[int] | None) -> tuple[list[str], list[int]]:
+    """(lint problems, numbers of the rows that truncation="drop" leaves out for being too long)."""
     tok = encoder.tokenizer
     eot_id = tok.convert_tokens_to_ids(encoder.end_of_turn)
     found: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
+    dropped: list[int] = []
+    for i, row in zip(range(len(rows)) if numbers is None else numbers, rows):
         enc, outcome = encoder._encode(row)
         if enc is None:
+            if outcome == "too_long" and encoder.truncation == "drop":
+                dropped.append(i)
+                continue
             key = ("completion truncated away: longer than max_length even with the prompt's row values cut"
                    if outcome == "too_long" else "nothing trained: every label is -100")
             found.setdefault(key, []).append(i)
@@ -53,7 +66,10 @@ def lint(encoder: Encoder, rows: Sequence[dict[str, Any]]) -> list[str]:
                              "to stop", []).append(i)
         if tok.bos_token_id is not None and enc.input_ids[:2] == [tok.bos_token_id] * 2 and tok.bos_token != tok.eos_token:
             found.setdefault("double BOS at the start of the example", []).append(i)
-    return [f"{problem} (rows {_rows(idx)})" for problem, idx in found.items()]
+    if rows and len(dropped) == len(rows):
+        found["every row is longer than max_length and would be dropped; raise max_length or use "
+              "truncation='prompt'"] = dropped
+    return [f"{problem} (rows {_rows(idx)})" for problem, idx in found.items()], dropped
 
 
 def _rows(idx: list[int]) -> str:
@@ -81,8 +97,11 @@ def render(encoder: Encoder, enc: Encoded, color: bool) -> str:
 
 def preview_rows(model: str, template: PromptTemplate, rows: Sequence[dict[str, Any]], *, n: int = 3,
                  color: bool | None = None, file: Any = None, max_length: int = 1024,
-                 truncation: str = "prompt", trust_remote_code: bool = False) -> Preview:
-    """Print ``n`` rendered rows and the lint over all rows; raise TemplateError if the lint fails."""
+                 truncation: str = "prompt", trust_remote_code: bool = False,
+                 row_numbers: Sequence[int] | None = None) -> Preview:
+    """Print ``n`` rendered rows and the lint over all rows; raise TemplateError if the lint fails.
+
+    ``row_numbers`` are the rows' numbers in the user's dataset, for the lint's messages (default: positions)."""
     out = file or sys.stdout
     if color is None:
         color = out.isatty() and _has_rich()
@@ -93,12 +112,16 @@ def preview_rows(model: str, template: PromptTemplate, rows: Sequence[dict[str, 
         enc = encoder.encode_example(row)
         if enc is not None:
             examples.append(render(encoder, enc, color))
-    result = Preview(examples, lint(encoder, rows), len(rows))
+    problems, dropped = _check(encoder, rows, row_numbers)
+    result = Preview(examples, problems, len(rows), dropped)
     legend = ("[bold green]trained[/] / [dim]masked[/]" if color
               else f"{TRAINED_OPEN}trained{TRAINED_CLOSE}, everything else masked (label -100)")
     _print(out, color, f"{len(examples)} of {len(rows)} examples; {legend}\n")
     for i, text in enumerate(examples):
         _print(out, color, f"--- example {i} ---\n{text}\n")
+    if dropped:
+        _print(out, False, f"{len(dropped)} rows longer than max_length={max_length} are left out of training "
+                           f"(truncation='drop'): rows {_rows(dropped)}\n")
     if result.ok:
         _print(out, False, f"lint: OK ({len(rows)} rows checked)\n")
         return result

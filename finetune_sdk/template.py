@@ -61,6 +61,11 @@ class PromptTemplate:
     messages_column: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("system", "user", "assistant", "prompt", "completion", "messages_column"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TemplateError(f"{name}= must be a format string such as '{{question}}', got "
+                                    f"{type(value).__name__} {value!r}")
         if self.kind == "chat":
             if not self.user or not self.assistant:
                 raise TemplateError("a chat template needs both user= and assistant= format strings")
@@ -166,6 +171,8 @@ class PromptTemplate:
         unknown = set(data) - known
         if unknown:
             raise TemplateError(f"unknown template fields {sorted(unknown)}; expected some of {sorted(known)}")
+        if "kind" not in data:
+            raise TemplateError("the template has no 'kind'; give one of 'chat', 'plain' or 'messages'")
         return cls(**dict(data))
 
 

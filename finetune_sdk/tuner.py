@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from .artifact import Artifact
-from .data import CleanReport, clean_rows, count_overlap, fingerprint, load_rows, split_rows, write_jsonl
+from .data import CleanReport, clean_rows, count_overlap, fingerprint, load_rows, split_indices, write_jsonl
 from .errors import ArtifactError, ConfigError
 from .models import DEFAULT_MODEL, check_local_model
 from .registry import BACKENDS, DEPLOYERS, resolve
@@ -81,7 +81,9 @@ class FineTuner:
         if stratify is not None and stratify not in template.columns:
             raise ConfigError(f"stratify={stratify!r} is not a template column ({template.columns})")
         rows, self.clean_report = clean_rows(load_rows(dataset), template, strict=strict)
-        self.train_rows, self.eval_rows = split_rows(rows, eval_fraction, seed, stratify)
+        train, evals = split_indices(rows, eval_fraction, seed, stratify)
+        self.train_rows, self.eval_rows = [rows[i] for i in train], [rows[i] for i in evals]
+        self._train_row_numbers = [self.clean_report.kept_rows[i] for i in train]  # for preview's messages
         count_overlap(self.train_rows, self.eval_rows, template, self.clean_report)
         self.job = None
         self._artifact: Artifact | None = None
@@ -108,9 +110,10 @@ class FineTuner:
         """Render ``n`` training examples with trained vs masked tokens and lint them (prints them)."""
         from .preview import preview_rows
 
+        numbers = self._train_row_numbers if len(self._train_row_numbers) == len(self.train_rows) else None
         return preview_rows(self.model, self.template, self.train_rows, n=n, color=color, file=file,
                             max_length=self.max_length, truncation=self.truncation,
-                            trust_remote_code=self.trust_remote_code)
+                            trust_remote_code=self.trust_remote_code, row_numbers=numbers)
 
     def train(self, *, resume: bool = False, wait: bool = True) -> Artifact:
         """Write the data files, start the backend job and (by default) wait for the artifact."""
@@ -174,21 +177,20 @@ class FineTuner:
                             requests_per_second=requests_per_second, api_price_per_million=api_price_per_million)
 
     def evaluate(self, predictor_or_artifact: Any = None, dataset: Any = None, *, name: str | None = None,
-                 metrics: Sequence[str] | None = None, label_column: str | None = "auto", batch_size: int = 8,
-                 max_new_tokens: int = 64, **options: Any) -> "EvalReport":
+                 metrics: Sequence[str] | None = None, label_column: str | None = "auto",
+                 labels: Sequence[str] | None = None, batch_size: int = 8, max_new_tokens: int = 64,
+                 **options: Any) -> "EvalReport":
         """Score a model on the held-out split (or ``dataset``) with this tuner's template.
 
         ``predictor_or_artifact`` is any Predictor (in-process, HTTP server, SageMaker), an Artifact or
         its directory (loaded here, closed after), ``"base"`` for the untuned base model, or None for
         this tuner's trained artifact. ``label_column="auto"`` scores labels when the completion's one
-        column holds few, repeated values (like ``{topic}``); None turns label scoring off.
+        column holds few, repeated values (like ``{topic}``); None turns label scoring off. ``labels`` adds
+        labels to those the training rows hold.
         """
-        from .evaluate import auto_label_column, evaluate
+        from .evaluate import evaluate
 
-        rows = self._eval_rows(dataset)
-        if label_column == "auto":
-            label_column = auto_label_column(self.template, self.train_rows + rows)
-        labels = sorted({str(r[label_column]) for r in self.train_rows if label_column in r}) if label_column else None
+        rows, label_column, labels = self._eval_setup(dataset, label_column, labels)
         predictor, owned, default_name = self._predictor_for(predictor_or_artifact)
         try:
             return evaluate(predictor, rows, self.template, name=name or default_name, metrics=metrics,
@@ -201,24 +203,41 @@ class FineTuner:
     def compare(self, base: Any = "base", tuned: Any = None, dataset: Any = None, *,
                 gate: Mapping[str, float] | None = None, **options: Any) -> "Comparison":
         """Evaluate ``base`` and ``tuned`` (see :meth:`evaluate`) on the same rows and put them side by side."""
-        from .evaluate import compare
+        from .evaluate import check_gate, compare, expected_metrics
 
+        if gate:  # a gate no report can meet fails before either model loads
+            rows, label_column, labels = self._eval_setup(dataset, options.get("label_column", "auto"),
+                                                          options.get("labels"))
+            check_gate(gate, expected_metrics(rows, metrics=options.get("metrics"), label_column=label_column,
+                                              labels=labels, embed=options.get("embed")))
         return compare(self.evaluate(base, dataset, **options), self.evaluate(tuned, dataset, **options), gate=gate)
 
-    def _eval_rows(self, dataset: Any) -> list[dict[str, Any]]:
+    def _eval_setup(self, dataset: Any, label_column: str | None,
+                    labels: Sequence[str] | None) -> tuple[list[dict[str, Any]], str | None, list[str] | None]:
+        """(rows, label column, labels) for :meth:`evaluate`: "auto" resolved, the training rows' labels added."""
+        from .evaluate import auto_label_column
+
         if dataset is None:
             if not self.eval_rows:
                 raise ConfigError("this tuner has no held-out rows (eval_fraction=0); pass dataset= to evaluate on")
-            return self.eval_rows
-        rows, _ = clean_rows(load_rows(dataset), self.template)
-        return rows
+            rows = self.eval_rows
+        else:
+            rows, _ = clean_rows(load_rows(dataset), self.template)
+        if label_column == "auto":
+            label_column = auto_label_column(self.template, self.train_rows + rows)
+        if not label_column:
+            return rows, label_column, None
+        return rows, label_column, sorted({str(r[label_column]) for r in self.train_rows if label_column in r}
+                                          | set(labels or []))
 
     def _predictor_for(self, source: Any) -> tuple[Any, bool, str]:
         """(predictor, whether this call owns and must close it, a default report name)."""
         from .predict import Predictor
 
         if isinstance(source, str) and source == "base":
-            return Predictor.base_model(self.model, self.template), True, "base"
+            return Predictor.base_model(self.model, self.template, revision=self.revision,
+                                        trust_remote_code=self.trust_remote_code,
+                                        allow_pickle=self.allow_pickle), True, "base"
         if hasattr(source, "predict_batch"):
             return source, False, "model"
         artifact = self.artifact if source is None else source

@@ -38,6 +38,7 @@ class CleanReport:
     rows_out: int = 0
     duplicates: int = 0  # training rows that repeat an earlier training row (same template columns)
     eval_in_train: int = 0  # eval rows whose template columns equal a training row's: they inflate eval scores
+    kept_rows: list[int] = field(default_factory=list, repr=False)  # each kept row's number in the dataset
 
     @property
     def dropped(self) -> int:
@@ -214,6 +215,7 @@ def clean_rows(rows: Sequence[Mapping[str, Any]], template: PromptTemplate, *,
                 report.bad_conversations.append(i)
                 continue
         kept.append(row)
+        report.kept_rows.append(i)
     report.rows_out = len(kept)
     if not kept:
         raise EmptyDatasetError(f"all {len(rows)} rows have an empty field among {template.columns}"
@@ -227,6 +229,13 @@ def clean_rows(rows: Sequence[Mapping[str, Any]], template: PromptTemplate, *,
 def split_rows(rows: Sequence[dict[str, Any]], eval_fraction: float, seed: int,
                stratify: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A seeded train/eval split; with ``stratify`` every value of that column keeps its share."""
+    train, evals = split_indices(rows, eval_fraction, seed, stratify)
+    return [rows[i] for i in train], [rows[i] for i in evals]
+
+
+def split_indices(rows: Sequence[Mapping[str, Any]], eval_fraction: float, seed: int,
+                  stratify: str | None = None) -> tuple[list[int], list[int]]:
+    """The positions of the train and the eval rows of :func:`split_rows`'s split, each in dataset order."""
     if not 0 <= eval_fraction < 1:
         raise DataError(f"eval_fraction={eval_fraction}; use a number in [0, 1)")
     rng = random.Random(seed)
@@ -238,11 +247,10 @@ def split_rows(rows: Sequence[dict[str, Any]], eval_fraction: float, seed: int,
         idx = groups[key]
         rng.shuffle(idx)
         eval_idx.update(idx[:round(len(idx) * eval_fraction)])
-    train = [r for i, r in enumerate(rows) if i not in eval_idx]
-    evals = [r for i, r in enumerate(rows) if i in eval_idx]
+    train = [i for i in range(len(rows)) if i not in eval_idx]
     if not train:
         raise EmptyDatasetError("no rows left for training after the eval split; lower eval_fraction")
-    return train, evals
+    return train, sorted(eval_idx)
 
 
 def count_overlap(train: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[str, Any]], template: PromptTemplate,

@@ -17,18 +17,25 @@ BAR_METRICS = {"label_accuracy": "label\naccuracy", "exact_match": "exact\nmatch
 PERCENT = {"label_accuracy", "exact_match", "stop_rate"}
 
 
-def render_chart(comparison: "Comparison", path: str | Path) -> Path:
-    """Draw the chart with matplotlib's Agg backend (no display needed) and save it to ``path``."""
+def require_matplotlib() -> None:
+    """Raise MissingDependencyError, with the install line, when charts cannot be drawn (check before long work)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError as exc:
         raise MissingDependencyError("charts need matplotlib: pip install 'finetune-sdk[eval]'") from exc
+
+
+def render_chart(comparison: "Comparison", path: str | Path) -> Path:
+    """Draw the chart as a PNG at ``path`` on its own Agg canvas: no display needed, and the backend the user's
+    matplotlib (a notebook, a GUI) is set to is left alone."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     reports = [r for r in (comparison.base, comparison.tuned) if r.confusion is not None]
-    fig, axes = plt.subplots(1, 1 + len(reports), figsize=(6 + 7 * len(reports), 6.5),
-                             gridspec_kw={"width_ratios": [0.8] + [1.0] * len(reports)}, squeeze=False)
+    fig = Figure(figsize=(6 + 7 * len(reports), 6.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 1 + len(reports), gridspec_kw={"width_ratios": [0.8] + [1.0] * len(reports)}, squeeze=False)
     _bars(axes[0][0], comparison)
     for ax, report in zip(axes[0][1:], reports):
         _confusion(fig, ax, report)
@@ -36,8 +43,7 @@ def render_chart(comparison: "Comparison", path: str | Path) -> Path:
     fig.suptitle(f"{comparison.base.name} vs {comparison.tuned.name} on {comparison.tuned.n} rows{verdict}",
                  fontsize=14)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=110, format="png")
     return Path(path)
 
 

@@ -4,20 +4,44 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
+
+from ..errors import ConfigError
 
 NO_LABEL = "(none)"
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"[\s_-]+", " ", text.lower()).strip()
+#: Separators between two letters or digits of a label; they match any run of separators in a reply.
+_INNER_SEPARATORS = r"(?<=[^\W_])[\s_-]+(?=[^\W_])"
+
+
+def label_patterns(labels: Sequence[str]) -> dict[str, re.Pattern[str]]:
+    """One pattern per label: the label as a whole token (no letter or digit either side), case ignored, and
+    spaces, hyphens and underscores inside it matching any such run, so "family-conflict" finds "Family Conflict"
+    while "-1" and "1", or "C" and "C#", stay apart. Labels that only differ in those ways raise ConfigError."""
+    patterns: dict[str, re.Pattern[str]] = {}
+    seen: dict[str, str] = {}
+    for label in labels:
+        parts = re.split(_INNER_SEPARATORS, label.strip().lower())
+        key = " ".join(parts)
+        if key in seen and seen[key] != label:
+            raise ConfigError(f"labels {seen[key]!r} and {label!r} differ only in case, spaces, hyphens or "
+                              "underscores, so a reply cannot tell them apart; merge them into one label")
+        seen[key] = label
+        inner = r"[\s_-]+".join(re.escape(part) for part in parts)
+        patterns[label] = re.compile(rf"(?<![^\W_]){inner}(?![^\W_])", re.IGNORECASE)
+    return patterns
 
 
 def extract_label(text: str, labels: Sequence[str]) -> str | None:
-    """The label named first in ``text`` (case, hyphens and spaces ignored), or None."""
-    norm = _norm(text)
-    found = [(m.start(), -len(label), label) for label in labels
-             for m in [re.search(rf"\b{re.escape(_norm(label))}\b", norm)] if m]
+    """The label named first in ``text`` (case, hyphens and spaces inside a label ignored; the longest label where
+    several start at the same place), or None."""
+    return first_label(text, label_patterns(labels))
+
+
+def first_label(text: str, patterns: Mapping[str, re.Pattern[str]]) -> str | None:
+    """:func:`extract_label` with the patterns of :func:`label_patterns` built once for many replies."""
+    found = [(m.start(), -len(label), label) for label, pattern in patterns.items() for m in [pattern.search(text)] if m]
     return min(found)[2] if found else None
 
 
@@ -25,7 +49,8 @@ def label_accuracy(predictions: Sequence[str], truths: Sequence[str], labels: Se
     """Share of predictions whose extracted label equals the truth."""
     if not truths:
         return 0.0
-    hits = sum(extract_label(p, labels) == t for p, t in zip(predictions, truths))
+    patterns = label_patterns(labels)
+    hits = sum(first_label(p, patterns) == t for p, t in zip(predictions, truths))
     return hits / len(truths)
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError
 from .metrics import NO_LABEL
@@ -113,15 +115,27 @@ class Comparison:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
     def save(self, folder: str | Path, stem: str = "comparison") -> dict[str, Path]:
-        """Write ``{stem}.md``, ``{stem}.json`` and ``{stem}.png`` into ``folder``; return their paths."""
-        from .chart import render_chart
+        """Write ``{stem}.md``, ``{stem}.json`` and ``{stem}.png`` into ``folder``; return their paths.
 
+        All three are written under temporary names and renamed only once the last is done, so a failure (no
+        matplotlib, a full disk) leaves no half-written report and keeps any older files as they were.
+        """
+        from .chart import render_chart, require_matplotlib
+
+        require_matplotlib()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"markdown": folder / f"{stem}.md", "json": folder / f"{stem}.json", "png": folder / f"{stem}.png"}
-        paths["markdown"].write_text(self.markdown(), encoding="utf-8")
-        paths["json"].write_text(self.to_json() + "\n", encoding="utf-8")
-        render_chart(self, paths["png"])
+        staged = {key: path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp") for key, path in paths.items()}
+        try:
+            staged["markdown"].write_text(self.markdown(), encoding="utf-8")
+            staged["json"].write_text(self.to_json() + "\n", encoding="utf-8")
+            render_chart(self, staged["png"])
+            for key, path in paths.items():
+                os.replace(staged[key], path)
+        finally:
+            for leftover in staged.values():
+                leftover.unlink(missing_ok=True)
         return paths
 
     def _gate_lines(self) -> list[str]:
@@ -133,7 +147,7 @@ class Comparison:
 def report_table(report: EvalReport) -> str:
     """One report's metrics (and confusion matrix) as terminal text."""
     rows = [(label, _fmt(fmt, report.metrics[key])) for key, (label, fmt, _) in METRICS.items() if key in report.metrics]
-    width = max(len(label) for label, _ in rows)
+    width = max((len(label) for label, _ in rows), default=0)
     lines = [f"{report.name} on {report.n} rows", *[f"{label.ljust(width)}  {value:>9}" for label, value in rows],
              *report.notes]
     if report.confusion is not None:
@@ -149,12 +163,21 @@ def compare(base: EvalReport, tuned: EvalReport, gate: Mapping[str, float] | Non
     """
     if base.n != tuned.n:
         raise ConfigError(f"the reports cover different rows ({base.n} vs {tuned.n}); evaluate both on the same data")
-    checks = []
-    for metric, min_gain in (gate or {}).items():
-        if metric not in base.metrics or metric not in tuned.metrics:
-            raise ConfigError(f"gate metric {metric!r} is not in both reports; they have {sorted(tuned.metrics)}")
-        checks.append(GateCheck(metric, float(min_gain), base.metrics[metric], tuned.metrics[metric]))
+    check_gate(gate, set(base.metrics) & set(tuned.metrics))
+    checks = [GateCheck(metric, float(min_gain), base.metrics[metric], tuned.metrics[metric])
+              for metric, min_gain in (gate or {}).items()]
     return Comparison(base, tuned, checks)
+
+
+def check_gate(gate: Mapping[str, float] | None, available: Iterable[str]) -> None:
+    """Raise ConfigError for a gate rule on a metric the reports do not have (or, given expected_metrics(),
+    will not have), so it can be checked before any model runs."""
+    available = set(available)
+    for metric in gate or {}:
+        if metric not in available:
+            hint = (" (label metrics need a label column: label_column= in Python, --label-column on the command "
+                    "line)" if metric in ("label_accuracy", "no_label_rate") else "")
+            raise ConfigError(f"gate metric {metric!r} is not in both reports{hint}; they have {sorted(available)}")
 
 
 def parse_gate(items: list[str]) -> dict[str, float]:

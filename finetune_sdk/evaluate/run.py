@@ -6,16 +6,21 @@ model in this process, a local server, a SageMaker endpoint, or a MockTransport 
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingColumnError
 from ..template import PromptTemplate
-from .metrics import confusion_matrix, cosine, exact_match, extract_label, percentile, rouge_l
+from .metrics import confusion_matrix, cosine, exact_match, first_label, label_patterns, percentile, rouge_l
 
-ALL_METRICS = ("label_accuracy", "exact_match", "rouge_l", "embedding_similarity", "answer_length", "stop_rate",
-               "latency", "tokens_per_s")
+#: Each metric evaluate() can score, and the keys it adds to a report's ``metrics``.
+METRIC_KEYS = {"label_accuracy": ("label_accuracy", "no_label_rate"), "exact_match": ("exact_match",),
+               "rouge_l": ("rouge_l",), "embedding_similarity": ("embedding_similarity",),
+               "answer_length": ("answer_words", "answer_tokens"), "stop_rate": ("stop_rate",),
+               "latency": ("latency_p50_s", "latency_p95_s"), "tokens_per_s": ("tokens_per_s",)}
+ALL_METRICS = tuple(METRIC_KEYS)
 DEFAULT_METRICS = ("label_accuracy", "exact_match", "rouge_l", "answer_length", "stop_rate", "latency", "tokens_per_s")
 #: A completion column with at most this many distinct values (and fewer than half the rows) is a label.
 MAX_AUTO_LABELS = 50
@@ -76,13 +81,15 @@ def evaluate(predictor: Any, rows: Sequence[Mapping[str, Any]], template: Prompt
     reply is compared with the row's value. ``embed`` (texts -> vectors) enables embedding_similarity.
     Generation parameters (``max_new_tokens``, ...) go to every request unchanged.
     """
-    wanted = _check_metrics(metrics, label_column, embed)
+    _check_predictor(predictor)
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}; use 1 or more inputs per request")
-    if not rows:
-        raise ConfigError("no rows to evaluate; pass a dataset with at least one row")
-    if label_column is not None and any(label_column not in r for r in rows):
-        raise ConfigError(f"label_column={label_column!r} is missing from some rows; the rows have: {sorted(rows[0])}")
+    wanted, patterns = _checked(rows, metrics, label_column, labels, embed)
+    for i, row in enumerate(rows):
+        missing = [c for c in template.columns if c not in row]
+        if missing:
+            raise MissingColumnError(f"row {i} has no column {missing[0]!r}, which the template needs; "
+                                     f"the row has: {sorted(row)}")
     inputs = [_prompt_input(template, r) for r in rows]
     references = [_reference(template, r) for r in rows]
     records: list[EvalRecord] = []
@@ -95,13 +102,44 @@ def evaluate(predictor: Any, rows: Sequence[Mapping[str, Any]], template: Prompt
         records += [EvalRecord(ref, p.text, p.finish_reason, p.completion_tokens, latency)
                     for ref, p in zip(references[start:start + batch_size], replies)]
     report = EvalReport(name, {}, records, request_seconds=seconds)
-    if label_column is not None:
-        report.labels = sorted({str(r[label_column]) for r in rows} | set(labels or []))
+    if patterns is not None:
+        report.labels = list(patterns)
         for record, row in zip(records, rows):
             record.true_label = str(row[label_column])
-            record.predicted_label = extract_label(record.prediction, report.labels)
+            record.predicted_label = first_label(record.prediction, patterns)
     _score(report, wanted, embed)
     return report
+
+
+def expected_metrics(rows: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] | None = None,
+                     label_column: str | None = None, labels: Sequence[str] | None = None,
+                     embed: Embedder | None = None) -> list[str]:
+    """The keys of the ``metrics`` that evaluate() reports with these arguments, found without running a model;
+    raises the ConfigError evaluate() would, so a gate or a wrong label column fails before anything loads."""
+    wanted, _ = _checked(rows, metrics, label_column, labels, embed)
+    return [key for metric in wanted for key in METRIC_KEYS[metric]]
+
+
+def _checked(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None, label_column: str | None,
+             labels: Sequence[str] | None, embed: Embedder | None) -> tuple[list[str], dict[str, Any] | None]:
+    """(the metrics to score, the label patterns in label order or None), or the ConfigError for bad arguments."""
+    wanted = _check_metrics(metrics, label_column, embed)
+    if not rows:
+        raise ConfigError("no rows to evaluate; pass a dataset with at least one row")
+    if label_column is None:
+        return wanted, None
+    if any(label_column not in r for r in rows):
+        raise ConfigError(f"label_column={label_column!r} is missing from some rows; the rows have: {sorted(rows[0])}")
+    return wanted, label_patterns(sorted({str(r[label_column]) for r in rows} | set(labels or [])))
+
+
+def _check_predictor(predictor: Any) -> None:
+    batch = getattr(predictor, "predict_batch", None)
+    if batch is None:
+        raise ConfigError(f"evaluate() needs a Predictor (anything with predict_batch), got {type(predictor).__name__}")
+    if inspect.iscoroutinefunction(batch):
+        raise ConfigError("evaluate() calls the predictor synchronously; pass a Predictor (e.g. Predictor.from_url) "
+                          "rather than an AsyncPredictor")
 
 
 def _check_metrics(metrics: Sequence[str] | None, label_column: str | None, embed: Embedder | None) -> list[str]:
@@ -166,4 +204,5 @@ def _mean_known(values: Sequence[int | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
-__all__ = ["ALL_METRICS", "DEFAULT_METRICS", "EvalRecord", "EvalReport", "auto_label_column", "evaluate"]
+__all__ = ["ALL_METRICS", "DEFAULT_METRICS", "METRIC_KEYS", "EvalRecord", "EvalReport", "auto_label_column", "evaluate",
+           "expected_metrics"]

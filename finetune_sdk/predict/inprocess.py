@@ -29,10 +29,10 @@ class InProcessTransport:
         return cls(GenerationEngine.from_artifact(path, device=device))
 
     @classmethod
-    def from_model(cls, model: str, template: Any, *, device: str = "auto") -> "InProcessTransport":
+    def from_model(cls, model: str, template: Any, *, device: str = "auto", **loading: Any) -> "InProcessTransport":
         from ..serve.engine import GenerationEngine
 
-        return cls(GenerationEngine.from_model(model, template, device=device))
+        return cls(GenerationEngine.from_model(model, template, device=device, **loading))
 
     def send(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         if self.engine is None:

@@ -85,11 +85,14 @@ class Predictor(PredictorBase):
                                       timeout=timeout, max_retries=max_retries))
 
     @classmethod
-    def base_model(cls, model: str, template: Any, *, device: str = "auto") -> "Predictor":
-        """A base model with no adapter, under the same template (for before/after comparisons)."""
+    def base_model(cls, model: str, template: Any, *, device: str = "auto", revision: str | None = None,
+                   trust_remote_code: bool = False, allow_pickle: bool = False) -> "Predictor":
+        """A base model with no adapter, under the same template (for before/after comparisons); load it as it was
+        trained: the same ``revision``, ``trust_remote_code`` and ``allow_pickle``."""
         from .inprocess import InProcessTransport
 
-        return cls(InProcessTransport.from_model(model, template, device=device))
+        return cls(InProcessTransport.from_model(model, template, device=device, revision=revision,
+                                                 trust_remote_code=trust_remote_code, allow_pickle=allow_pickle))
 
     def predict(self, input: Any, **generation: Any) -> Prediction:
         return self.predict_batch([input], **generation)[0]

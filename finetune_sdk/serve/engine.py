@@ -80,12 +80,12 @@ class GenerationEngine:
                    max_length=artifact.manifest.get("max_length", 1024))
 
     @classmethod
-    def from_model(cls, model: str, template: PromptTemplate, *, device: str = "auto",
-                   revision: str | None = None) -> "GenerationEngine":
+    def from_model(cls, model: str, template: PromptTemplate, *, device: str = "auto", revision: str | None = None,
+                   trust_remote_code: bool = False, allow_pickle: bool = False) -> "GenerationEngine":
         """A base model with no adapter, e.g. to compare against a fine-tuned one."""
         ref = resolve_model(model, revision)
-        loaded = load_model(ref, dtype=torch.float32).to(_device(device))
-        return cls(loaded, load_tokenizer(ref), template)
+        loaded = load_model(ref, dtype=torch.float32, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        return cls(loaded.to(_device(device)), load_tokenizer(ref, trust_remote_code=trust_remote_code), template)
 
     def prompt_ids(self, source: Any) -> list[int]:
         """Prompt ids for a row of template columns, a chat message list, or a plain string."""

@@ -1,5 +1,7 @@
 """evaluate() runs unchanged over an in-process model and a real local HTTP server, and both score alike."""
 
+import shutil
+
 import pytest
 
 from finetune_sdk import FineTuner, TrainingSettings
@@ -40,6 +42,19 @@ def test_compare_base_and_tuned_from_the_tuner(tuner, tmp_path):
     assert paths["png"].stat().st_size > 20_000 and "confusion matrix" in result.table()
 
 
+def test_the_base_model_loads_as_the_tuner_loads_it(tiny_model_dir, tmp_path, counsel_rows):
+    """A base with pickled weights only, allowed with allow_pickle=True: evaluate("base") loads it the same way."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save(AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict(), pickled / "pytorch_model.bin")
+    tuner = FineTuner(str(pickled), counsel_rows[:20], COUNSEL, output_dir=tmp_path / "run", allow_pickle=True)
+    report = tuner.evaluate("base", max_new_tokens=2)
+    assert report.name == "base" and report.n == len(tuner.eval_rows)
+
+
 def test_eval_command_gates_and_writes_the_report(tuner, tmp_path, capsys):
     from finetune_sdk.cli import main
 
@@ -53,3 +68,16 @@ def test_eval_command_gates_and_writes_the_report(tuner, tmp_path, capsys):
     assert "gate FAILED" in capsys.readouterr().out
     assert main(["eval", artifact, "--max-new-tokens", "3", "--label-column", "topic"]) == 0
     assert "tuned on 13 rows" in capsys.readouterr().out
+
+
+def test_a_report_that_cannot_be_written_does_not_hide_the_gate(tuner, tmp_path, monkeypatch, capsys):
+    from finetune_sdk.cli import main
+    from finetune_sdk.evaluate import Comparison
+
+    def full_disk(self, folder):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Comparison, "save", full_disk)
+    common = ["eval", str(tuner.artifact.path), "--base", "--max-new-tokens", "2", "--out", str(tmp_path)]
+    assert main([*common, "--gate", "label_accuracy=0.5"]) == 1  # the gate failed: that is the answer CI needs
+    assert main([*common, "--gate", "stop_rate=-1"]) == 2        # the gate passed, but the report is missing
+    assert capsys.readouterr().err.count("No space left on device") == 2

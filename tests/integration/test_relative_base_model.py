@@ -41,6 +41,17 @@ def test_an_artifact_on_a_relative_model_path_loads_from_another_directory(artif
         assert "base/config.json" in tar.getnames()
 
 
+def test_eval_base_loads_the_recorded_folder_from_another_directory(artifact, tmp_path, monkeypatch, capsys):
+    from finetune_sdk.cli import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", str(artifact.path), "--base", "--max-new-tokens", "2"]) == 0
+    assert "base (4)" in capsys.readouterr().out
+
+
 def test_the_recorded_name_is_used_when_the_recorded_folder_is_gone(tiny_model_dir, tmp_path):
     """Say, on another machine: the folder the base was trained from is not there, the name may be."""
     write_manifest(tmp_path, {"base_model": {"name": str(tiny_model_dir), "source": "local",

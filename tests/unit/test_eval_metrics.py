@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from finetune_sdk import ConfigError
 from finetune_sdk.evaluate import confusion_matrix, exact_match, extract_label, label_accuracy, rouge_l
 from finetune_sdk.evaluate.metrics import cosine, percentile
 
@@ -15,6 +16,25 @@ def test_extract_label_takes_the_first_named_and_ignores_case_and_hyphens():
     assert extract_label("grief, or anxiety", LABELS) == "grief"
     assert extract_label("I'm not sure.", LABELS) is None
     assert extract_label("anxietyish", LABELS) is None  # whole words only
+
+
+
+def test_extract_label_keeps_signs_and_symbols_apart():
+    sentiment = ["-1", "0", "1"]
+    assert extract_label("1", sentiment) == "1" and extract_label("The answer is 1.", sentiment) == "1"
+    assert extract_label("-1", sentiment) == "-1" and extract_label("score: -1", sentiment) == "-1"
+    assert label_accuracy(["1", "-1", "0"], ["1", "-1", "0"], sentiment) == 1.0
+    languages = ["C", "C++", "C#", "Python"]
+    assert extract_label("C++", languages) == "C++" and extract_label("This is C#.", languages) == "C#"
+    assert extract_label("This is C#.", ["C++", "C#"]) == "C#" and extract_label("plain C, then C#", languages) == "C"
+    assert extract_label("grief_and_loss", ["grief-and-loss"]) == "grief-and-loss"
+
+
+def test_labels_that_only_differ_in_case_or_separators_are_refused():
+    with pytest.raises(ConfigError, match="'Positive' and 'positive'.*merge them"):
+        extract_label("positive", ["Positive", "positive"])
+    with pytest.raises(ConfigError, match="family-conflict"):
+        extract_label("x", ["family-conflict", "Family Conflict"])
 
 
 def test_label_accuracy_and_confusion_matrix():

@@ -1,11 +1,13 @@
 """evaluate() and compare() through a Predictor on the public MockTransport: known replies, known scores."""
 
 import json
+import sys
 
 import pytest
 
-from finetune_sdk import ConfigError, MockTransport, Predictor, PromptTemplate
-from finetune_sdk.evaluate import compare, evaluate, parse_gate
+from finetune_sdk import AsyncPredictor, ConfigError, FineTuner, MockTransport, Predictor, PromptTemplate
+from finetune_sdk.errors import MissingColumnError
+from finetune_sdk.evaluate import compare, evaluate, parse_gate, report_table
 
 TEMPLATE = PromptTemplate.chat(user="{q}", assistant="this sounds like {topic}.")
 ROWS = [{"q": "can't sleep", "topic": "sleep"}, {"q": "so sad", "topic": "depression"},
@@ -84,6 +86,10 @@ def test_bad_arguments_are_typed_errors():
         evaluate(TUNED, ROWS, TEMPLATE, metrics=["embedding_similarity"])
     with pytest.raises(ConfigError, match="no rows"):
         evaluate(TUNED, [], TEMPLATE)
+    TUNED.transport.requests.clear()
+    with pytest.raises(ConfigError, match="'Sleep' and 'sleep'"):
+        evaluate(TUNED, ROWS, TEMPLATE, label_column="topic", labels=["Sleep"])
+    assert TUNED.transport.requests == []                                       # refused before any request
     with pytest.raises(ConfigError, match="missing from some rows"):
         evaluate(TUNED, ROWS, TEMPLATE, label_column="label")
     base = evaluate(BASE, ROWS, TEMPLATE)
@@ -94,3 +100,54 @@ def test_bad_arguments_are_typed_errors():
     assert parse_gate(["label_accuracy=0.2", "rouge_l=-0.05"]) == {"label_accuracy": 0.2, "rouge_l": -0.05}
     with pytest.raises(ConfigError, match="METRIC=MIN_GAIN"):
         parse_gate(["label_accuracy"])
+
+
+def test_saving_the_chart_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    before = matplotlib.get_backend()
+    matplotlib.use("pdf")  # as a notebook or GUI sets its own
+    try:
+        report = evaluate(TUNED, ROWS, TEMPLATE, label_column="topic")
+        paths = compare(report, report).save(tmp_path)
+        assert matplotlib.get_backend() == "pdf"
+        assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        matplotlib.use(before)
+
+
+def test_a_failed_save_leaves_no_half_written_report(tmp_path, monkeypatch):
+    import finetune_sdk.evaluate.chart as chart
+    from finetune_sdk.errors import MissingDependencyError
+
+    report = evaluate(TUNED, ROWS, TEMPLATE, label_column="topic")
+    old = {name: f"last run's {name}" for name in ("comparison.md", "comparison.json", "comparison.png")}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+
+    def half_drawn(comparison, path):  # a full disk while the PNG is written
+        open(path, "w").write("half a PNG")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(chart, "render_chart", half_drawn)
+    with pytest.raises(OSError, match="No space"):
+        compare(report, report).save(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # matplotlib not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'finetune-sdk\[eval\]'"):
+        compare(report, report).save(tmp_path)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == old
+
+
+def test_wrong_predictors_and_rows_are_typed_errors_and_no_metrics_is_fine():
+    with pytest.raises(ConfigError, match="pass a Predictor .* rather than an AsyncPredictor"):
+        evaluate(AsyncPredictor(TUNED.transport), ROWS, TEMPLATE)
+    with pytest.raises(ConfigError, match="needs a Predictor .*got object"):
+        evaluate(object(), ROWS, TEMPLATE)
+    with pytest.raises(MissingColumnError, match="row 1 has no column 'q', which the template needs"):
+        evaluate(TUNED, [ROWS[0], {"question": "so sad", "topic": "depression"}], TEMPLATE)
+    assert report_table(evaluate(TUNED, ROWS, TEMPLATE, metrics=[])) == "model on 4 rows\n"
+
+
+def test_the_tuner_adds_given_labels_to_its_training_labels(tiny_model_dir, tmp_path):
+    rows = [{"q": f"question {i}", "topic": "sleep" if i % 2 else "anxiety"} for i in range(20)]
+    tuner = FineTuner(str(tiny_model_dir), rows, TEMPLATE, output_dir=tmp_path / "run")
+    report = tuner.evaluate(scripted({r["q"]: "this sounds like grief." for r in rows}), labels=["grief"])
+    assert report.labels == ["anxiety", "grief", "sleep"] and report.metrics["no_label_rate"] == 0.0

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from finetune_sdk import PromptTemplate, TemplateError
+from finetune_sdk import FineTuner, PromptTemplate, TemplateError
 from finetune_sdk.encoding import IGNORE_INDEX, Encoder
 from finetune_sdk.preview import lint, preview_rows, render
 from tests.conftest import COUNSEL
@@ -44,3 +44,25 @@ def test_lint_finds_all_masked_and_truncated_away_rows(smol_dir):
     no_reply = {"messages": [{"role": "user", "content": "hello?"}]}
     with pytest.raises(TemplateError, match=r"nothing trained: every label is -100 \(rows 0\)"):
         preview_rows("smollm2-135m-instruct", messages, [no_reply], n=1, file=io.StringIO())
+
+
+def test_with_truncation_drop_too_long_rows_are_reported_as_left_out(smol_dir):
+    rows = [ROW, {"questionText": "q", "topic": "word " * 80}]
+    out = io.StringIO()
+    result = preview_rows("smollm2-135m-instruct", COUNSEL, rows, n=1, file=out, max_length=48, truncation="drop")
+    assert result.ok and result.dropped == [1]
+    assert "1 rows longer than max_length=48 are left out of training (truncation='drop'): rows 1" in out.getvalue()
+    with pytest.raises(TemplateError, match=r"every row is longer than max_length.*\(rows 0\)"):
+        preview_rows("smollm2-135m-instruct", COUNSEL, rows[1:], n=1, file=io.StringIO(), max_length=48,
+                     truncation="drop")
+
+
+def test_tuner_preview_numbers_rows_as_the_users_dataset_does(smol_dir, tmp_path):
+    rows = [{"questionText": f"question {i}", "topic": "anxiety"} for i in range(12)]
+    rows[1]["topic"] = ""            # dropped when cleaning: every later row moves up one place
+    rows[8]["topic"] = "word " * 80  # its completion cannot fit max_length
+    tuner = FineTuner("smollm2-135m-instruct", rows, COUNSEL, max_length=48, eval_fraction=0.25,
+                      output_dir=tmp_path / "run")
+    assert tuner.eval_rows and rows[8] in tuner.train_rows and tuner.train_rows.index(rows[8]) != 8
+    with pytest.raises(TemplateError, match=r"completion truncated away.*\(rows 8\)"):
+        tuner.preview(0, file=io.StringIO())

@@ -52,6 +52,10 @@ def test_round_trip_and_unknown_fields():
         PromptTemplate.from_dict({**COUNSEL.to_dict(), "sytem": "typo"})
     with pytest.raises(TemplateError, match="needs both"):
         PromptTemplate.chat(user="{q}", assistant="")
+    with pytest.raises(TemplateError, match="the template has no 'kind'; give one of 'chat', 'plain'"):
+        PromptTemplate.from_dict({"user": "{q}", "assistant": "{a}"})
+    with pytest.raises(TemplateError, match="user= must be a format string such as '{question}', got int 5"):
+        PromptTemplate.from_dict({"kind": "chat", "user": 5, "assistant": "{a}"})
 
 
 @settings(max_examples=300, deadline=None)
