@@ -348,7 +348,8 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
             state.group_in_epoch = 0
     bar.close()
     train_seconds = time.perf_counter() - started - eval_seconds
-    final_eval = eval_history[-1]["eval_loss"] if eval_history else evaluate()
+    at_last_step = eval_history and eval_history[-1]["step"] == state.step
+    final_eval = eval_history[-1]["eval_loss"] if at_last_step else evaluate()  # stopped mid-epoch: evaluate now
     real_tokens, padded_tokens = (int(v) for v in distributed.sum_values([real_tokens, padded_tokens], ranks, device))
     if not ranks.is_main:
         return Path(spec.output_dir)
