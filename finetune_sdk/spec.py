@@ -21,6 +21,12 @@ SPEC_VERSION = 1
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid {type(self).__name__}: {_problems(exc)}") from exc
+
     @model_validator(mode="after")
     def _warn_unknown(self) -> "_Settings":
         if self.model_extra:
@@ -39,6 +45,13 @@ class LoraSettings(_Settings):
         "all-linear", description="module name suffixes to adapt, or 'all-linear' (every linear layer but the head)")
     layers: list[int] | None = Field(
         None, description="decoder layers that get adapters (None = all); backpropagation stops at the lowest one")
+
+    @field_validator("layers")
+    @classmethod
+    def _some_layers(cls, value: list[int] | None) -> list[int] | None:
+        if value == []:
+            raise ValueError("an empty list adapts no layer; name at least one layer, or pass None for all layers")
+        return value
 
 
 class TrainingSettings(_Settings):
@@ -150,15 +163,19 @@ def settings(cls: type[_Settings], value: Any) -> Any:
     if isinstance(value, cls):
         return value
     try:
-        return cls.model_validate(dict(value))
-    except ValidationError as exc:
-        problems = "; ".join(_problem(error) for error in exc.errors())
-        raise ConfigError(f"invalid {cls.__name__}: {problems}") from exc
+        return cls(**dict(value))
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(_problem(error) for error in exc.errors())
 
 
 def _problem(error: Any) -> str:
     """One pydantic error on one line: ``r: Input should be greater than or equal to 1 (got 0)``."""
     where = ".".join(str(part) for part in error["loc"])
-    return f"{where + ': ' if where else ''}{error['msg']} (got {error['input']!r})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where + ': ' if where else ''}{message} (got {error['input']!r})"

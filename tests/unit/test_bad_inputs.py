@@ -13,8 +13,8 @@ import warnings
 import pytest
 
 from finetune_sdk import (ArtifactError, AuthenticationError, BadRequest, ConfigError, DataError, EmptyDatasetError,
-                          FineTuner, MissingColumnError, MissingDependencyError, ModelError, PromptTemplate,
-                          TemplateError, UnsupportedFileError)
+                          FineTuner, LoraSettings, MissingColumnError, MissingDependencyError, ModelError,
+                          PromptTemplate, TemplateError, UnsupportedFileError)
 from tests.conftest import COUNSEL
 
 ROWS = [{"questionText": f"I can't switch off at night ({n})", "topic": "sleep-improvement"} for n in range(4)]
@@ -120,6 +120,8 @@ CASES = [
      "init"),
     ("LoRA rank 0", lambda t: {"lora": {"r": 0}}, ConfigError, "invalid LoraSettings", "init"),
     ("dropout of 1", lambda t: {"lora": {"dropout": 1.0}}, ConfigError, "dropout", "init"),
+    ("no LoRA layers", lambda t: {"lora": LoraSettings(layers=[])}, ConfigError,
+     "layers: an empty list adapts no layer; name at least one layer, or pass None for all layers", "init"),
     ("unknown device", lambda t: {"training": {"device": "tpu"}}, ConfigError, "device", "init"),
     ("device not on this machine", lambda t: {"training": {"device": "mps"}}, ConfigError,
      "device='mps' is not available here", "train"),
