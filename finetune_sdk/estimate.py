@@ -102,19 +102,30 @@ class ServingEstimate:
                        + self.completion_tokens * self.api_output_per_million) / 1e6
 
     @property
+    def capacity_per_month(self) -> float:
+        """Requests one always-on instance answers in a month at full load."""
+        return self.requests_per_second * 3600 * HOURS_PER_MONTH
+
+    @property
     def break_even_requests_per_month(self) -> float | None:
-        """Requests a month above which an always-on endpoint is cheaper than the API."""
+        """Requests a month above which an always-on endpoint is cheaper than the API; None when it never is
+        (no API price, or even at full load the endpoint costs at least the API per request)."""
         api = self.api_per_1000
-        return None if not api else self.price_per_hour * HOURS_PER_MONTH / (api / 1000)
+        if not api or self.endpoint_per_1000 >= api:
+            return None
+        return self.price_per_hour * HOURS_PER_MONTH / (api / 1000)
 
     def lines(self) -> list[str]:
         out = [f"serving on {self.instance_type}: ${self.endpoint_per_1000:.4f} per 1,000 requests at "
                f"{self.requests_per_second:g} requests/s (${self.price_per_hour * HOURS_PER_MONTH:,.0f}/month always on); "
                f"a request is {self.prompt_tokens:.0f} prompt + {self.completion_tokens:.0f} completion tokens"]
         if self.api_per_1000 is not None:
+            break_even = self.break_even_requests_per_month
+            verdict = (f"the endpoint is cheaper above {break_even:,.0f} requests/month" if break_even is not None
+                       else f"the endpoint is never cheaper: even at full load ({self.capacity_per_month:,.0f} "
+                            "requests/month per instance) it costs more per request")
             out.append(f"hosted API at ${self.api_input_per_million:g}/${self.api_output_per_million:g} per million "
-                       f"input/output tokens: ${self.api_per_1000:.4f} per 1,000 requests; the endpoint is cheaper "
-                       f"above {self.break_even_requests_per_month:,.0f} requests/month")
+                       f"input/output tokens: ${self.api_per_1000:.4f} per 1,000 requests; {verdict}")
         return out
 
 

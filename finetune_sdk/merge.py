@@ -117,7 +117,8 @@ def merge(artifact: Artifact, *, prompts: Sequence[Any] | None = None, dtype: st
 def export(artifact: Artifact, destination: str | Path, layout: Layout = "merged", **merge_options: Any) -> Path:
     """Copy the artifact into ``destination`` in a layout other tools load.
 
-    ``merged``: a verified full model (safetensors + tokenizer), loadable by transformers, vLLM or TGI.
+    ``merged``: a verified full model (safetensors + tokenizer), loadable by transformers, vLLM or TGI;
+    a full fine-tune (no adapter) copies its ``merged/``, which is the trained model itself.
     ``adapter``: the PEFT adapter, tokenizer and manifest only. ``lora-serving``: the adapter with its
     base reference (``base_model_name_or_path``) and the launch lines for vLLM's and TGI's LoRA serving
     in ``serving.json``.
@@ -126,7 +127,11 @@ def export(artifact: Artifact, destination: str | Path, layout: Layout = "merged
         raise ConfigError(f"layout={layout!r}; use 'merged', 'adapter' or 'lora-serving'")
     destination = Path(destination)
     if layout == "merged":
-        merge(artifact, **merge_options)  # always verified, even when training already wrote merged/
+        if artifact.has_adapter:
+            merge(artifact, **merge_options)  # always verified, even when training already wrote merged/
+        elif artifact.merged_path is None:
+            raise ArtifactError(f"{artifact.path} has neither an adapter nor merged/; it is not a complete "
+                                "artifact, so train it again")
         with staged_directory(destination) as stage:
             shutil.copytree(artifact.path / "merged", stage, dirs_exist_ok=True)
         return destination

@@ -1,17 +1,19 @@
 """The job spec: everything a training backend needs, as one JSON-serializable pydantic model.
 
 It is what the local backend hands to the training program and what travels to SageMaker, so it
-round-trips through JSON exactly; unknown keys (from a newer SDK) warn instead of failing.
+round-trips through JSON exactly. Settings a user builds refuse unknown keys (a misspelt name would
+otherwise be ignored); a spec read from JSON that another SDK version wrote drops them with a warning.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -19,14 +21,13 @@ SPEC_VERSION = 1
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    @model_validator(mode="after")
-    def _warn_unknown(self) -> "_Settings":
-        if self.model_extra:
-            warnings.warn(f"{type(self).__name__}: ignoring unknown keys {sorted(self.model_extra)} "
-                          "(written by a newer finetune_sdk?)", stacklevel=2)
-        return self
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid {type(self).__name__}: {_problems(exc, type(self))}") from exc
 
 
 class LoraSettings(_Settings):
@@ -39,6 +40,13 @@ class LoraSettings(_Settings):
         "all-linear", description="module name suffixes to adapt, or 'all-linear' (every linear layer but the head)")
     layers: list[int] | None = Field(
         None, description="decoder layers that get adapters (None = all); backpropagation stops at the lowest one")
+
+    @field_validator("layers")
+    @classmethod
+    def _some_layers(cls, value: list[int] | None) -> list[int] | None:
+        if value == []:
+            raise ValueError("an empty list adapts no layer; name at least one layer, or pass None for all layers")
+        return value
 
 
 class TrainingSettings(_Settings):
@@ -125,7 +133,13 @@ class JobSpec(_Settings):
     @classmethod
     def from_json(cls, text: str) -> "JobSpec":
         try:
-            return cls.model_validate(json.loads(text))
+            values = json.loads(text)
+            if isinstance(values, dict):
+                values = _known_keys(cls, values)
+                for name, model in (("lora", LoraSettings), ("training", TrainingSettings)):
+                    if isinstance(values.get(name), dict):
+                        values[name] = _known_keys(model, values[name])
+            return cls.model_validate(values)
         except (ValidationError, json.JSONDecodeError) as exc:
             raise ConfigError(f"invalid job spec: {exc}") from exc
 
@@ -150,15 +164,33 @@ def settings(cls: type[_Settings], value: Any) -> Any:
     if isinstance(value, cls):
         return value
     try:
-        return cls.model_validate(dict(value))
-    except ValidationError as exc:
-        problems = "; ".join(_problem(error) for error in exc.errors())
-        raise ConfigError(f"invalid {cls.__name__}: {problems}") from exc
+        return cls(**dict(value))
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc
 
 
-def _problem(error: Any) -> str:
-    """One pydantic error on one line: ``r: Input should be greater than or equal to 1 (got 0)``."""
+def _known_keys(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the keys ``model`` does not have (from another SDK version), with a warning."""
+    unknown = sorted(set(values) - set(model.model_fields))
+    if unknown:
+        warnings.warn(f"{model.__name__}: ignoring unknown keys {unknown} (written by another finetune_sdk "
+                      "version?)", stacklevel=3)
+    return {k: v for k, v in values.items() if k in model.model_fields}
+
+
+def _problems(exc: ValidationError, model: type[BaseModel]) -> str:
+    return "; ".join(_problem(error, model) for error in exc.errors())
+
+
+def _problem(error: Any, model: type[BaseModel]) -> str:
+    """One pydantic error on one line: ``r: Input should be greater than or equal to 1 (got 0)``; an unknown
+    key names the closest valid one."""
     where = ".".join(str(part) for part in error["loc"])
-    return f"{where + ': ' if where else ''}{error['msg']} (got {error['input']!r})"
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(where, model.model_fields, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"the valid keys are {sorted(model.model_fields)}"
+        return f"unknown key {where!r}; {hint}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where + ': ' if where else ''}{message} (got {error['input']!r})"

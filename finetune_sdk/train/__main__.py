@@ -2,17 +2,31 @@
 
 Inside a SageMaker training container (SM_MODEL_DIR is set) the spec's paths are mapped onto the
 container's layout first, and ``--name value`` hyperparameters override training settings.
+
+SIGTERM (``cancel()``, torchrun stopping its workers, SageMaker stopping the job) raises ``Cancelled``
+in the program, so every cleanup runs (no staging folder is left) and the status reads ``cancelled``;
+the process then ends by SIGTERM, as whoever sent it expects.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 from ..errors import FineTuneError
 from ..spec import JobSpec
+
+
+class Cancelled(BaseException):
+    """The training process was asked to stop. Not an Exception: nothing may catch it as a failure."""
+
+
+def _cancel(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a repeated signal must not interrupt the cleanup
+    raise Cancelled(f"stopped by {signal.Signals(signum).name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     in_container = bool(os.environ.get("SM_MODEL_DIR"))
     if hyperparameters and not in_container:
         parser.error(f"unrecognized arguments: {' '.join(hyperparameters)}")
+    signal.signal(signal.SIGTERM, _cancel)
     try:
         if in_container:
             from .container import run_in_container
@@ -35,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except FineTuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Cancelled:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
     return 0
 
 

@@ -26,12 +26,8 @@ def token_budget(model: Any, examples: Sequence[Encoded], device: torch.device, 
     from .packing import collate_packed
 
     longest = max(len(e.input_ids) for e in examples)
-    probe, size = [], 0
-    for e in examples:
-        if size + len(e.input_ids) > PROBE_TOKENS:
-            break
-        probe.append(e)
-        size += len(e.input_ids)
+    probe = probe_row(examples)
+    size = sum(len(e.input_ids) for e in probe)
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in collate_packed(probe).items()}
     torch.cuda.synchronize(device)
     free, _ = torch.cuda.mem_get_info(device)
@@ -44,3 +40,15 @@ def token_budget(model: Any, examples: Sequence[Encoded], device: torch.device, 
     model.zero_grad(set_to_none=True)
     torch.cuda.empty_cache()
     return max(longest, min(MAX_TOKENS, int(HEADROOM * free / per_token)))
+
+
+def probe_row(examples: Sequence[Encoded], tokens: int = PROBE_TOKENS) -> list[Encoded]:
+    """The leading examples that fit in ``tokens``, and never none: a first example longer than that is
+    probed alone (training has to fit it anyway)."""
+    probe, size = [], 0
+    for e in examples:
+        if probe and size + len(e.input_ids) > tokens:
+            break
+        probe.append(e)
+        size += len(e.input_ids)
+    return probe

@@ -24,7 +24,7 @@ from .. import __version__
 from ..artifact import staged_directory, write_manifest
 from ..data import read_jsonl
 from ..encoding import Encoded, Encoder, encode_dataset
-from ..errors import ConfigError, EmptyDatasetError, MissingDependencyError, TrainingError
+from ..errors import ConfigError, EmptyDatasetError, MissingDependencyError
 from ..models import load_model, load_tokenizer, resolve_model
 from ..spec import JobSpec, TrainingSettings
 from ..template import PromptTemplate
@@ -32,7 +32,7 @@ from . import distributed
 from .attention import use_varlen_attention
 from .batching import collate, epoch_batches, length_sorted_batches, padding_efficiency
 from .budget import token_budget
-from .checkpoint import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import TrainState, check_resumable, list_checkpoints, load_checkpoint, resume_settings, save_checkpoint
 from .distributed import Ranks
 from .frozen_cache import FrozenLayerCache
 from .lora_matmul import fuse_lora_linears
@@ -275,16 +275,14 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings.lr_scheduler, warmup, total_steps))
 
     checkpoints = Path(spec.checkpoint_dir) if spec.checkpoint_dir else spec.work_dir / "checkpoints"
-    state = TrainState(data_fingerprint=spec.data.fingerprint)
+    state = TrainState(data_fingerprint=spec.data.fingerprint, settings=resume_settings(spec))
     if not resume:
         if ranks.is_main:
             shutil.rmtree(checkpoints, ignore_errors=True)  # a fresh run must never resume from an older one
     elif list_checkpoints(checkpoints):
         latest = list_checkpoints(checkpoints)[-1]
+        check_resumable(latest, state)
         state = load_checkpoint(latest, model, optimizer, scheduler)
-        if state.data_fingerprint != spec.data.fingerprint:
-            raise TrainingError(f"the checkpoint {latest} was trained on different data; train again without "
-                                "resume=True, or restore the original dataset")
         log.event("resumed", checkpoint=latest.name, step=state.step)
 
     # -- train ---------------------------------------------------------------------------------
@@ -348,7 +346,8 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
             state.group_in_epoch = 0
     bar.close()
     train_seconds = time.perf_counter() - started - eval_seconds
-    final_eval = eval_history[-1]["eval_loss"] if eval_history else evaluate()
+    at_last_step = eval_history and eval_history[-1]["step"] == state.step
+    final_eval = eval_history[-1]["eval_loss"] if at_last_step else evaluate()  # stopped mid-epoch: evaluate now
     real_tokens, padded_tokens = (int(v) for v in distributed.sum_values([real_tokens, padded_tokens], ranks, device))
     if not ranks.is_main:
         return Path(spec.output_dir)

@@ -46,3 +46,25 @@ def test_a_run_whose_process_vanished_is_failed_not_running_forever(tiny_model_d
     job = LocalBackend().retrieve(str(work.resolve()))
     assert job.status == "failed" and str(dead.pid) in job.error
     assert LocalBackend().list_jobs(str(tmp_path / "empty")) == []
+
+
+def test_cancel_lets_the_training_process_clean_up_and_record_it(tiny_model_dir, tmp_path, counsel_rows):
+    """SIGTERM unwinds the program: its status reads cancelled (also to a backend that did not start it), the
+    process still ends by SIGTERM, and no artifact or staging folder is left."""
+    import signal
+    import time
+
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:48], COUNSEL, output_dir=tmp_path / "stopped",
+                      eval_fraction=0, backend=LocalBackend(),
+                      training=TrainingSettings(max_steps=100000, save_every=2, batch_size=8, progress=False))
+    tuner.train(wait=False)
+    deadline = time.monotonic() + 300
+    while not any(e["event"] == "checkpoint" for e in tuner.job.events()):  # inside the step loop
+        assert tuner.job.refresh().status in ("queued", "running") and time.monotonic() < deadline
+        time.sleep(0.05)
+    tuner.job.cancel()
+    assert tuner.backend._processes[tuner.job.id].returncode == -signal.SIGTERM
+    job = LocalBackend().retrieve(tuner.job.id)
+    assert job.status == "cancelled" and job.error == "Cancelled: stopped by SIGTERM" and job.finished_at
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped.work"]
+    assert not [p for p in (tmp_path / "stopped.work" / "checkpoints").iterdir() if p.name.startswith(".")]

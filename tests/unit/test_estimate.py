@@ -49,16 +49,27 @@ def test_tables_can_be_overridden_and_gaps_say_what_to_do(tiny_model_dir, tmp_pa
                      serving_instance="ml.g5.xlarge", requests_per_second=4.0, api_price_per_million=(0.15, 0.6))
     assert est.training.details["real_tokens_per_second"] == 2000.0 and est.training.price_per_hour == 2.0
     assert est.serving.prompt_tokens > 20 and est.serving.completion_tokens > 5
-    assert "per 1,000 requests" in str(est) and "cheaper above" in str(est)
+    assert "per 1,000 requests" in str(est) and "the endpoint is never cheaper" in str(est)  # $0.14 vs ~$0.01
 
 
 def test_serving_cost_arithmetic():
     s = ServingEstimate("ml.g5.xlarge", 1.408, 2.0, prompt_tokens=120, completion_tokens=14,
-                        api_input_per_million=0.15, api_output_per_million=0.6)
+                        api_input_per_million=10, api_output_per_million=30)
     assert s.endpoint_per_1000 == pytest.approx(1.408 / 7200 * 1000)
-    assert s.api_per_1000 == pytest.approx((120 * 0.15 + 14 * 0.6) / 1000)
+    assert s.api_per_1000 == pytest.approx((120 * 10 + 14 * 30) / 1000)
     assert s.break_even_requests_per_month == pytest.approx(1.408 * 730 / (s.api_per_1000 / 1000))
+    assert s.break_even_requests_per_month < s.capacity_per_month == 2.0 * 3600 * 730
     assert ServingEstimate("ml.g5.xlarge", 1.408, 2.0, 120, 14).api_per_1000 is None
+
+
+def test_no_break_even_when_the_endpoint_costs_more_per_request_even_at_full_load():
+    """The demo's numbers: $0.0328 per 1,000 requests at full load against the API's $0.0255. More instances
+    only repeat that cost, so the endpoint is never cheaper."""
+    s = ServingEstimate("ml.m5.xlarge", 0.23, 1.95, 114, 14, api_input_per_million=0.15, api_output_per_million=0.6)
+    assert s.endpoint_per_1000 > s.api_per_1000
+    assert s.break_even_requests_per_month is None
+    assert s.lines()[1].endswith("the endpoint is never cheaper: even at full load (5,124,600 requests/month per "
+                                 "instance) it costs more per request")
 
 
 def test_estimate_command(tiny_model_dir, tmp_path, counsel_rows, capsys):

@@ -78,3 +78,14 @@ def test_split_by_budget_keeps_every_example_once_and_respects_the_budget():
     assert all(sum(lengths[i] for i in b) <= 10 for b in bins if len(b) > 1)
     assert [6] in bins  # longer than the budget: alone in its micro-batch
     assert split_by_budget([2, 0, 1], lengths, None) == [[2, 0, 1]]
+
+
+def test_the_memory_probe_row_is_never_empty():
+    """A first example longer than the probe's token count is probed alone; shorter ones fill the row."""
+    from finetune_sdk.encoding import Encoded
+    from finetune_sdk.train.budget import probe_row
+
+    examples = [Encoded(list(range(n)), list(range(n))) for n in (12, 3, 4)]
+    assert probe_row(examples, tokens=10) == examples[:1]
+    assert probe_row(examples[1:], tokens=10) == examples[1:]
+    assert probe_row(examples[1:], tokens=5) == examples[1:2]

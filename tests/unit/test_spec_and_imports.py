@@ -20,10 +20,15 @@ def test_spec_round_trips_exactly_through_json():
     assert again == spec and again.to_json() == spec.to_json()
 
 
-def test_unknown_keys_warn_instead_of_failing():
-    text = _spec().to_json().replace('"seed": 0', '"seed": 0, "future_knob": 1')
-    with pytest.warns(UserWarning, match="future_knob"):
-        JobSpec.from_json(text)
+def test_unknown_keys_in_a_spec_file_warn_instead_of_failing():
+    """A spec written by another SDK version still loads, without the keys this version does not know."""
+    text = (_spec().to_json().replace('"seed": 0', '"seed": 0, "future_knob": 1')
+            .replace('"epochs": 2.0', '"epochs": 2.0, "future_lr_knob": 3'))
+    with pytest.warns(UserWarning) as caught:
+        spec = JobSpec.from_json(text)
+    assert [str(w.message).split(" (")[0] for w in caught] == [
+        "JobSpec: ignoring unknown keys ['future_knob']", "TrainingSettings: ignoring unknown keys ['future_lr_knob']"]
+    assert spec == _spec()
 
 
 def test_invalid_spec_is_a_config_error():
