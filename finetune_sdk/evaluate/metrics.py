@@ -77,8 +77,8 @@ def _words(text: str) -> list[str]:
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F1 over lower-cased words: the longest common subsequence against both lengths."""
     a, b = _words(prediction), _words(reference)
-    if not a or not b:
-        return float(a == b)
+    if not a or not b:  # no words on one side: only the same text (say, both empty) matches
+        return float(not a and not b and prediction.strip() == reference.strip())
     previous = [0] * (len(b) + 1)
     for x in a:
         current = [0]

@@ -57,6 +57,7 @@ def test_exact_match_and_rouge_l():
     # LCS "the cat the mat" = 4 words of 6 (prediction) and 6 (reference): F1 = 4/6
     assert rouge_l("the cat ran to the mat", "the cat sat on the mat") == pytest.approx(4 / 6)
     assert rouge_l("", "") == 1.0 and rouge_l("", "x") == 0.0
+    assert rouge_l("!!!", "???") == 0.0 and rouge_l("?", " ? ") == 1.0  # no words: the text itself decides
 
 
 def test_cosine_and_percentile():
