@@ -19,7 +19,7 @@ import torch
 from .artifact import MANIFEST, Artifact, staged_directory, write_manifest
 from .encoding import Encoder
 from .errors import ArtifactError, ConfigError
-from .models import load_model, load_tokenizer
+from .models import load_model, load_tokenizer, peft_without_deprecation_noise
 from .spec import work_dir_for
 
 #: Largest allowed |logit difference| between merged and base + adapter (fp32 merges land near 1e-5).
@@ -54,7 +54,8 @@ def reference_model(artifact: Artifact) -> Any:
     if not artifact.has_adapter:
         raise ArtifactError(f"{artifact.path} has no LoRA adapter to merge (a full fine-tune is merged already)")
     model = load_model(artifact.base_model_ref(), dtype=torch.float32)
-    return PeftModel.from_pretrained(model, str(artifact.path)).eval()
+    with peft_without_deprecation_noise():
+        return PeftModel.from_pretrained(model, str(artifact.path)).eval()
 
 
 def merged_model(artifact: Artifact, dtype: str = "float32") -> Any:

@@ -10,13 +10,24 @@ import importlib.util
 import json
 import os
 import re
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from .errors import MissingDependencyError, ModelError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@contextmanager
+def peft_without_deprecation_noise() -> Iterator[None]:
+    """Wrap PEFT's model building: it reads transformers' deprecated ``is_gradient_checkpointing``, whose
+    FutureWarning names nothing the user wrote or can change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -17,7 +17,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ..artifact import Artifact
 from ..encoding import Encoder
 from ..errors import ArtifactError, ConfigError
-from ..models import ModelRef, load_model, load_tokenizer, resolve_model
+from ..models import ModelRef, load_model, load_tokenizer, peft_without_deprecation_noise, resolve_model
 from ..template import PromptTemplate
 from .decode import DecodeBatch, Generation, PrefixCache, finish, reached_stop, run_all
 
@@ -68,7 +68,8 @@ class GenerationEngine:
 
             model = load_model(artifact.base_model_ref(), dtype=torch.float32)
             try:
-                model = PeftModel.from_pretrained(model, str(artifact.path))
+                with peft_without_deprecation_noise():
+                    model = PeftModel.from_pretrained(model, str(artifact.path))
             except Exception as exc:
                 raise ArtifactError(f"could not load the adapter in {artifact.path}: {exc}") from exc
             if merge:

@@ -25,7 +25,7 @@ from ..artifact import staged_directory, write_manifest
 from ..data import read_jsonl
 from ..encoding import Encoded, Encoder, encode_dataset
 from ..errors import ConfigError, EmptyDatasetError, MissingDependencyError
-from ..models import load_model, load_tokenizer, resolve_model
+from ..models import load_model, load_tokenizer, peft_without_deprecation_noise, resolve_model
 from ..spec import JobSpec, TrainingSettings
 from ..template import PromptTemplate
 from . import distributed
@@ -111,7 +111,8 @@ def prepare_model(spec: JobSpec, model: Any) -> Any:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
     config = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
                         target_modules=targets, layers_to_transform=spec.lora.layers, task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
+    with peft_without_deprecation_noise():
+        model = get_peft_model(model, config)
     fuse_lora_linears(model)
     return model
 

@@ -103,3 +103,17 @@ def test_a_full_fine_tune_exports_its_merged_model(tiny_model_dir, tmp_path, cou
     for layout in ("adapter", "lora-serving"):
         with pytest.raises(ArtifactError, match="export it with layout='merged'"):
             artifact.export(tmp_path / layout, layout=layout)
+
+
+def test_loading_an_adapter_shows_no_deprecation_from_inside_peft(artifact):
+    """PEFT reads transformers' deprecated is_gradient_checkpointing; users cannot act on that FutureWarning."""
+    import warnings
+
+    from finetune_sdk.merge import reference_model
+    from finetune_sdk.serve.engine import GenerationEngine
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reference_model(artifact)
+        GenerationEngine.from_artifact(artifact.path, device="cpu")
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
