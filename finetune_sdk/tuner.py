@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from .preview import Preview
 
 
+EVAL_MAX_NEW_TOKENS = 64  # evaluate()'s and compare()'s reply budget unless given
+
+
 class FineTuner:
     """Validates everything up front (columns, template, settings, model name), then delegates.
 
@@ -178,8 +181,8 @@ class FineTuner:
 
     def evaluate(self, predictor_or_artifact: Any = None, dataset: Any = None, *, name: str | None = None,
                  metrics: Sequence[str] | None = None, label_column: str | None = "auto",
-                 labels: Sequence[str] | None = None, batch_size: int = 8, max_new_tokens: int = 64,
-                 **options: Any) -> "EvalReport":
+                 labels: Sequence[str] | None = None, batch_size: int = 8,
+                 max_new_tokens: int = EVAL_MAX_NEW_TOKENS, **options: Any) -> "EvalReport":
         """Score a model on the held-out split (or ``dataset``) with this tuner's template.
 
         ``predictor_or_artifact`` is any Predictor (in-process, HTTP server, SageMaker), an Artifact or
@@ -188,14 +191,18 @@ class FineTuner:
         column holds few, repeated values (like ``{topic}``); None turns label scoring off. ``labels`` adds
         labels to those the training rows hold.
         """
+        rows, label_column, labels = self._eval_setup(dataset, label_column, labels)
+        return self._evaluate(predictor_or_artifact, rows, name=name, metrics=metrics, label_column=label_column,
+                              labels=labels, batch_size=batch_size, max_new_tokens=max_new_tokens, **options)
+
+    def _evaluate(self, source: Any, rows: list[dict[str, Any]], *, name: str | None,
+                  **options: Any) -> "EvalReport":
+        """:meth:`evaluate` on rows whose label column and labels :meth:`_eval_setup` has settled."""
         from .evaluate import evaluate
 
-        rows, label_column, labels = self._eval_setup(dataset, label_column, labels)
-        predictor, owned, default_name = self._predictor_for(predictor_or_artifact)
+        predictor, owned, default_name = self._predictor_for(source)
         try:
-            return evaluate(predictor, rows, self.template, name=name or default_name, metrics=metrics,
-                            label_column=label_column, labels=labels, batch_size=batch_size,
-                            max_new_tokens=max_new_tokens, **options)
+            return evaluate(predictor, rows, self.template, name=name or default_name, **options)
         finally:
             if owned:
                 predictor.close()
@@ -205,12 +212,14 @@ class FineTuner:
         """Evaluate ``base`` and ``tuned`` (see :meth:`evaluate`) on the same rows and put them side by side."""
         from .evaluate import check_gate, compare, expected_metrics
 
+        rows, label_column, labels = self._eval_setup(dataset, options.pop("label_column", "auto"),
+                                                      options.pop("labels", None))  # once, for both models
         if gate:  # a gate no report can meet fails before either model loads
-            rows, label_column, labels = self._eval_setup(dataset, options.get("label_column", "auto"),
-                                                          options.get("labels"))
             check_gate(gate, expected_metrics(rows, metrics=options.get("metrics"), label_column=label_column,
                                               labels=labels, embed=options.get("embed")))
-        return compare(self.evaluate(base, dataset, **options), self.evaluate(tuned, dataset, **options), gate=gate)
+        settled = {"name": None, "max_new_tokens": EVAL_MAX_NEW_TOKENS, **options,
+                   "label_column": label_column, "labels": labels}
+        return compare(self._evaluate(base, rows, **settled), self._evaluate(tuned, rows, **settled), gate=gate)
 
     def _eval_setup(self, dataset: Any, label_column: str | None,
                     labels: Sequence[str] | None) -> tuple[list[dict[str, Any]], str | None, list[str] | None]:

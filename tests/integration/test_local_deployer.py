@@ -77,26 +77,15 @@ def test_a_child_that_dies_at_start_reports_its_output_and_leaves_no_log(tmp_pat
 
 
 def test_an_unclosed_predictor_stops_its_server_when_python_exits(tuner):
-    script = ("from finetune_sdk.deployers.local import LocalServerDeployer\n"
-              f"p = LocalServerDeployer().deploy({str(tuner.artifact.path)!r}, device='cpu')\n"
-              "print(p.transport.server.process.pid, p.transport.server.url)\n")  # and exit without p.close()
+    script = _deploying(tuner)  # and exit without p.close()
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     pid, url = done.stdout.split()
-    alive = _alive(int(pid))
-    if alive:
-        os.kill(int(pid), signal.SIGKILL)
-    assert not alive, "the server outlived the Python process that started it"
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{url}/ping")
+    _assert_stopped(int(pid), url)
 
 
 def test_a_server_stops_when_the_process_that_started_it_is_killed(tuner):
-    script = ("import sys, time\n"
-              "from finetune_sdk.deployers.local import LocalServerDeployer\n"
-              f"p = LocalServerDeployer().deploy({str(tuner.artifact.path)!r}, device='cpu')\n"
-              "print(p.transport.server.process.pid, p.transport.server.url, flush=True)\n"
-              "time.sleep(600)\n")
+    script = _deploying(tuner) + "import time\ntime.sleep(600)\n"
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         pid, url = parent.stdout.readline().split()
@@ -105,12 +94,25 @@ def test_a_server_stops_when_the_process_that_started_it_is_killed(tuner):
         parent.kill()  # SIGKILL: no finalizer, no atexit
         parent.wait()
         parent.stdout.close()
-    deadline = time.monotonic() + 30
-    while _alive(int(pid)) and time.monotonic() < deadline:
+    _assert_stopped(int(pid), url, within=30)
+
+
+def _deploying(tuner) -> str:
+    """A script that starts a local server for the tuner's artifact and prints the server's pid and URL."""
+    return ("from finetune_sdk.deployers.local import LocalServerDeployer\n"
+            f"p = LocalServerDeployer().deploy({str(tuner.artifact.path)!r}, device='cpu')\n"
+            "print(p.transport.server.process.pid, p.transport.server.url, flush=True)\n")
+
+
+def _assert_stopped(pid: int, url: str, within: float = 0.0) -> None:
+    """The server process is gone (waiting up to ``within`` seconds) and nothing answers at ``url``; a server
+    still running is killed, so a failing test leaves nothing behind."""
+    deadline = time.monotonic() + within
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    alive = _alive(int(pid))
+    alive = _alive(pid)
     if alive:
-        os.kill(int(pid), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     assert not alive, "the server outlived the Python process that started it"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/ping")
