@@ -86,15 +86,20 @@ class CloudError(FineTuneError):
 class EndpointError(FineTuneError):
     """A prediction request failed; ``status`` and ``body`` hold the endpoint's answer when there was one.
 
-    ``retry_after`` is the server's Retry-After hint in seconds, when it sent one.
+    ``retry_after`` is the server's Retry-After hint in seconds, when it sent one. ``retryable`` says
+    whether sending the same request again may succeed; the Predictor retries exactly these.
     """
 
+    #: Whether errors of this class may pass on a second try, unless the instance says otherwise.
+    RETRYABLE = False
+
     def __init__(self, message: str, *, status: int | None = None, body: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, retryable: bool | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
         self.retry_after = retry_after
+        self.retryable = self.RETRYABLE if retryable is None else retryable
 
 
 class BadRequest(EndpointError):
@@ -108,10 +113,16 @@ class AuthenticationError(EndpointError):
 class RateLimited(EndpointError):
     """The endpoint is throttling requests (429)."""
 
+    RETRYABLE = True
+
 
 class EndpointTimeout(EndpointError):
-    """The endpoint did not answer in time."""
+    """The endpoint did not answer in time. Retryable, except when the server itself gave up (504)."""
+
+    RETRYABLE = True
 
 
 class EndpointUnavailable(EndpointError):
     """The endpoint could not be reached or failed on its side (5xx)."""
+
+    RETRYABLE = True

@@ -70,7 +70,7 @@ def check_open(client: httpx.Client | httpx.AsyncClient, url: str) -> None:
     """Refuse a request on a closed Predictor at once, as the in-process one does (and without retrying)."""
     if client.is_closed:
         raise EndpointUnavailable(f"this Predictor for {url} is closed; create a new one (or use it in a `with` "
-                                  "block, which closes it at the end)")
+                                  "block, which closes it at the end)", retryable=False)
 
 
 @contextmanager
@@ -125,7 +125,8 @@ def status_error(response: httpx.Response) -> EndpointError:
     if status == 504:
         return EndpointTimeout(f"{where}; the server gave up generating the reply (not retried: a resend would "
                                "wait as long again); ask for fewer max_new_tokens or raise the server's "
-                               "--request-timeout", status=status, body=body, retry_after=retry_after)
+                               "--request-timeout", status=status, body=body, retry_after=retry_after,
+                               retryable=False)
     if 400 <= status < 500:
         return BadRequest(f"{where}; fix the request (retrying will not help)", status=status, body=body)
     return EndpointUnavailable(f"{where}; the endpoint failed on its side", status=status, body=body,
@@ -134,7 +135,7 @@ def status_error(response: httpx.Response) -> EndpointError:
 
 def is_retryable(exc: BaseException) -> bool:
     """Timeouts, throttling, connection failures and server errors may pass on a second try; a 504 would not."""
-    return isinstance(exc, (EndpointTimeout, RateLimited, EndpointUnavailable)) and exc.status != 504
+    return isinstance(exc, EndpointError) and exc.retryable
 
 
 def backoff(retry_state: Any) -> float:

@@ -355,6 +355,7 @@ def test_400_is_not_retried():
             p.predict("hi")
     assert len(server.requests) == 1
     assert caught.value.status == 400 and "scripted 400" in caught.value.body and "scripted 400" in str(caught.value)
+    assert not caught.value.retryable
 
 
 def test_retry_after_is_honoured_and_retries_run_out():
@@ -363,7 +364,7 @@ def test_retry_after_is_honoured_and_retries_run_out():
     with FaultServer(script) as server, Predictor(HttpTransport(server.url, max_retries=2, sleep=slept.append)) as p:
         with pytest.raises(EndpointUnavailable) as caught:
             p.predict("hi")
-    assert len(server.requests) == 3 and caught.value.status == 503
+    assert len(server.requests) == 3 and caught.value.status == 503 and caught.value.retryable
     assert slept[0] == 2.0 and 0.75 <= slept[1] <= 1.0  # the hint, then jittered backoff (1 s minus up to 25%)
     with FaultServer([(429, {}, 0.0)] * 2) as server, Predictor(HttpTransport(server.url, max_retries=1,
                                                                                sleep=slept.append)) as p:
@@ -397,6 +398,7 @@ def test_the_servers_504_is_an_endpoint_timeout_and_not_sent_again():
             p.predict("hi")
     assert len(server.requests) == 1 and slept == []
     assert caught.value.status == 504 and "scripted 504" in str(caught.value)
+    assert not caught.value.retryable  # an EndpointTimeout, but the one kind that a resend cannot help
 
 
 def test_a_closed_predictor_refuses_at_once_and_sends_nothing():
@@ -404,8 +406,9 @@ def test_a_closed_predictor_refuses_at_once_and_sends_nothing():
         p = Predictor.from_url(server.url)
         assert p.predict("hi").text == "ok"
         p.close()
-        with pytest.raises(EndpointUnavailable, match="Predictor for .* is closed; create a new one"):
+        with pytest.raises(EndpointUnavailable, match="Predictor for .* is closed; create a new one") as caught:
             p.predict("hi")
+        assert not caught.value.retryable
         with pytest.raises(EndpointUnavailable, match="is closed"):
             list(p.stream("hi"))
     assert len(server.requests) == 1
