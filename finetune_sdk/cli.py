@@ -20,6 +20,8 @@ def _template_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="plain template prompt (base models), instead of --user/--assistant")
     p.add_argument("--completion", help="plain template completion")
     p.add_argument("--messages-column", help="train on a column of chat messages instead")
+    p.add_argument("--optional", action="append", default=[], metavar="COLUMN",
+                   help="a prompt column that rows may leave empty (repeatable), e.g. questionTitle")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -49,12 +51,13 @@ def _template(args: argparse.Namespace) -> Any:
     if args.messages_column:
         return PromptTemplate.messages(args.messages_column)
     if args.prompt or args.completion:
-        return PromptTemplate.plain(args.prompt or "", args.completion or "")
+        return PromptTemplate.plain(args.prompt or "", args.completion or "", optional=args.optional)
     if not args.user and not args.assistant and args.data == "counsel-sample":
         from .demo import COUNSEL_TEMPLATE
 
         return COUNSEL_TEMPLATE
-    return PromptTemplate.chat(user=args.user or "", assistant=args.assistant or "", system=args.system)
+    return PromptTemplate.chat(user=args.user or "", assistant=args.assistant or "", system=args.system,
+                               optional=args.optional)
 
 
 def _tuner(args: argparse.Namespace, **extra: Any) -> Any:

@@ -190,9 +190,4 @@ def _tokenizer_ref(artifact: Artifact) -> Any:
 
 
 def _prompt_ids(encoder: Encoder, artifact: Artifact, prompt: Any) -> list[int]:
-    if isinstance(prompt, str):
-        columns = artifact.template.prompt_columns
-        prompt = {columns[0]: prompt} if artifact.template.kind != "messages" else [{"role": "user", "content": prompt}]
-    elif isinstance(prompt, dict) and artifact.template.kind != "messages":
-        prompt = {c: prompt[c] for c in artifact.template.prompt_columns}
-    return encoder.encode_prompt(prompt)
+    return encoder.encode_prompt(artifact.template.prompt_source(prompt))

@@ -50,6 +50,10 @@ class PromptTemplate:
     with the tokenizer's own chat template; ``plain`` is a prompt and a completion for base models;
     ``messages`` reads a column of ``[{"role", "content"}, ...]`` conversations (every assistant turn
     is trained).
+
+    ``optional`` names prompt columns a row may leave out or leave empty (a title that some questions
+    lack): the placeholder then renders as nothing and the message loses the whitespace left at its
+    start and end. Rows are dropped for empty required columns only.
     """
 
     kind: TemplateKind
@@ -59,6 +63,7 @@ class PromptTemplate:
     prompt: str | None = None
     completion: str | None = None
     messages_column: str | None = None
+    optional: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("system", "user", "assistant", "prompt", "completion", "messages_column"):
@@ -77,17 +82,29 @@ class PromptTemplate:
                 raise TemplateError("a messages template needs the name of its messages column")
         else:
             raise TemplateError(f"unknown template kind {self.kind!r}; use 'chat', 'plain' or 'messages'")
+        if isinstance(self.optional, str) or not isinstance(self.optional, Sequence) or not all(
+                isinstance(c, str) for c in self.optional):
+            raise TemplateError(f"optional= must be a list of column names, got {self.optional!r}")
+        object.__setattr__(self, "optional", tuple(self.optional))
+        if self.optional and self.kind == "messages":
+            raise TemplateError("optional= is for chat and plain templates; a messages template has one column")
+        prompt_only = [c for c in self.prompt_columns if c not in placeholders(self._completion_format())]
+        wrong = [c for c in self.optional if c not in prompt_only]
+        if wrong:
+            raise TemplateError(f"optional={list(wrong)} must name placeholders of the prompt that the completion "
+                                f"does not use; this template's prompt columns are {prompt_only}")
         self.columns  # validates every format string now, not at training time
 
     @classmethod
-    def chat(cls, user: str, assistant: str, system: str | None = None) -> "PromptTemplate":
+    def chat(cls, user: str, assistant: str, system: str | None = None,
+             optional: Sequence[str] = ()) -> "PromptTemplate":
         """A system/user/assistant conversation filled from row columns, e.g. ``user="{questionText}"``."""
-        return cls(kind="chat", system=system, user=user, assistant=assistant)
+        return cls(kind="chat", system=system, user=user, assistant=assistant, optional=optional)  # type: ignore[arg-type]
 
     @classmethod
-    def plain(cls, prompt: str, completion: str) -> "PromptTemplate":
+    def plain(cls, prompt: str, completion: str, optional: Sequence[str] = ()) -> "PromptTemplate":
         """Prompt text followed by completion text and EOS, for base (non-chat) models."""
-        return cls(kind="plain", prompt=prompt, completion=completion)
+        return cls(kind="plain", prompt=prompt, completion=completion, optional=optional)  # type: ignore[arg-type]
 
     @classmethod
     def messages(cls, column: str = "messages") -> "PromptTemplate":
@@ -96,7 +113,7 @@ class PromptTemplate:
 
     @property
     def prompt_columns(self) -> list[str]:
-        """Columns needed to build an inference prompt."""
+        """Columns an inference prompt is built from, the optional ones included."""
         if self.kind == "messages":
             return [self.messages_column]  # type: ignore[list-item]
         fields = [("system", self.system), ("user", self.user), ("prompt", self.prompt)]
@@ -107,14 +124,16 @@ class PromptTemplate:
         """Columns that only the trained completion uses."""
         if self.kind == "messages":
             return []
-        fmt = self.assistant if self.kind == "chat" else self.completion
         name = "assistant=" if self.kind == "chat" else "completion="
-        return [c for c in placeholders(fmt or "", where=name) if c not in self.prompt_columns]
+        return [c for c in placeholders(self._completion_format(), where=name) if c not in self.prompt_columns]
 
     @property
     def columns(self) -> list[str]:
-        """Every column a training row must have."""
-        return self.prompt_columns + self.completion_columns
+        """Every column a training row must have (with a value): all but the optional ones."""
+        return [c for c in self.prompt_columns + self.completion_columns if c not in self.optional]
+
+    def _completion_format(self) -> str:
+        return (self.assistant if self.kind == "chat" else self.completion) or ""
 
     def conversation(self, row: Mapping[str, Any], *, with_completion: bool = True) -> list[dict[str, str]]:
         """The chat messages for ``row`` (chat and messages templates)."""
@@ -131,18 +150,18 @@ class PromptTemplate:
             raise TemplateError("conversation() is for chat and messages templates; this one is plain")
         reply = self.assistant if with_completion else None
         fields = [("system", self.system), ("user", self.user), ("assistant", reply)]
-        return [(role, _fill_parts(fmt, row)) for role, fmt in fields if fmt]
+        return [(role, _fill_parts(fmt, row, self.optional)) for role, fmt in fields if fmt]
 
     def prompt_source(self, value: Any) -> Mapping[str, Any] | list[Mapping[str, str]]:
-        """What a Predictor input means here: a string fills the one prompt column (a user message for a
-        messages template); a dict of columns and a list of chat messages are taken as they are."""
+        """What a Predictor input means here: a string fills the one required prompt column (a user message
+        for a messages template); a dict of columns and a list of chat messages are taken as they are."""
         if isinstance(value, str):
-            columns = self.prompt_columns
             if self.kind == "messages":
                 return [{"role": "user", "content": value}]
-            if len(columns) == 1:
-                return {columns[0]: value}
-            raise TemplateError(f"this template needs the columns {columns}; pass a dict, not a string")
+            required = [c for c in self.prompt_columns if c not in self.optional]
+            if len(required) == 1:
+                return {required[0]: value}
+            raise TemplateError(f"this template needs the columns {required}; pass a dict, not a string")
         if isinstance(value, Mapping):
             return value
         if isinstance(value, Sequence):
@@ -156,18 +175,19 @@ class PromptTemplate:
 
     def prompt_parts(self, row: Mapping[str, Any]) -> list[Part]:
         """The prompt of a plain template, as the template's wording and the row's values."""
-        return _fill_parts(self.prompt or "", row)
+        return _fill_parts(self.prompt or "", row, self.optional)
 
     def completion_text(self, row: Mapping[str, Any]) -> str:
         """The trained completion: the assistant reply or the plain completion."""
-        return _join(_fill_parts((self.assistant if self.kind == "chat" else self.completion) or "", row))
+        return _join(_fill_parts(self._completion_format(), row))
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        data = {k: v for k, v in asdict(self).items() if v is not None and k != "optional"}
+        return {**data, "optional": list(self.optional)} if self.optional else data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PromptTemplate":
-        known = {"kind", "system", "user", "assistant", "prompt", "completion", "messages_column"}
+        known = {"kind", "system", "user", "assistant", "prompt", "completion", "messages_column", "optional"}
         unknown = set(data) - known
         if unknown:
             raise TemplateError(f"unknown template fields {sorted(unknown)}; expected some of {sorted(known)}")
@@ -183,18 +203,31 @@ def _merge(lists: Any) -> list[str]:
     return out
 
 
-def _fill_parts(fmt: str, row: Mapping[str, Any]) -> list[Part]:
-    values = {name: _as_text(row[name]) for name in placeholders(fmt) if name in row}
-    missing = [name for name in placeholders(fmt) if name not in values]
+def _fill_parts(fmt: str, row: Mapping[str, Any], optional: Sequence[str] = ()) -> list[Part]:
+    names = placeholders(fmt)
+    left_out = [name for name in names if name in optional and _is_blank(row.get(name))]
+    values = {name: _as_text(row[name]) for name in names if name in row and name not in left_out}
+    missing = [name for name in names if name not in values and name not in left_out]
     if missing:
         raise TemplateError(f"row has no value for {missing}; it has columns {sorted(row)}")
     # str.format_map would interpret the values; substitute one field at a time instead.
     parts: list[Part] = []
     for literal, field, _, _ in string.Formatter().parse(fmt):
         parts.append((literal, False))
-        if field is not None:
+        if field is not None and field in values:
             parts.append((values[field], True))
-    return [part for part in parts if part[0]]
+    parts = [part for part in parts if part[0]]
+    if left_out and parts:  # the separators written around the missing value go with it
+        parts[0] = (parts[0][0].lstrip(), parts[0][1])
+        parts[-1] = (parts[-1][0].rstrip(), parts[-1][1])
+        parts = [part for part in parts if part[0]]
+    return parts
+
+
+def _is_blank(value: Any) -> bool:
+    """An optional column's value that counts as left out: missing, None, NaN or only whitespace."""
+    return value is None or (isinstance(value, float) and value != value) or (
+        isinstance(value, str) and not value.strip())
 
 
 def _join(parts: Sequence[Part]) -> str:

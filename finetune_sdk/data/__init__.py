@@ -257,7 +257,9 @@ def count_overlap(train: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[st
                   report: CleanReport) -> None:
     """Count duplicate training rows and eval rows leaking from training into ``report``; warn about either."""
     def key(row: Mapping[str, Any]) -> str:
-        return json.dumps([row.get(c) for c in template.columns], default=str, ensure_ascii=False)
+        return json.dumps([row.get(c) for c in columns], default=str, ensure_ascii=False)
+
+    columns = template.prompt_columns + template.completion_columns  # optional ones too: they tell rows apart
 
     seen: set[str] = set()
     for row in train:

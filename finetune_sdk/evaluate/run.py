@@ -158,7 +158,7 @@ def _check_metrics(metrics: Sequence[str] | None, label_column: str | None, embe
 def _prompt_input(template: PromptTemplate, row: Mapping[str, Any]) -> Any:
     if template.kind == "messages":
         return template.conversation(row, with_completion=False)
-    return {c: row[c] for c in template.prompt_columns}
+    return {c: row[c] for c in template.prompt_columns if c in row}  # an optional one may be left out
 
 
 def _reference(template: PromptTemplate, row: Mapping[str, Any]) -> str:

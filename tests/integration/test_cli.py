@@ -26,6 +26,19 @@ def test_preview_train_predict_and_errors(tiny_model_dir, tmp_path, counsel_rows
     assert "error: column 'question' not found; the dataset has:" in capsys.readouterr().err
 
 
+def test_preview_with_an_optional_title_that_some_rows_lack(tiny_model_dir, tmp_path, counsel_rows, capsys):
+    rows = [dict(r, questionTitle="") if i % 2 else r for i, r in enumerate(counsel_rows[:24])]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["preview", "--model", str(tiny_model_dir), "--data", str(data), "--user", "{questionTitle}\n\n{questionText}",
+              "--assistant", "Topic: {topic}", "--eval-fraction", "0", "-n", "2"]
+    assert main([*common, "--optional", "questionTitle"]) == 0
+    out = capsys.readouterr().out
+    assert f"{rows[0]['questionTitle']}\n\n{rows[0]['questionText']}" in out and "lint: OK (24 rows checked)" in out
+    assert f"user\n{rows[1]['questionText']}" in out  # no title, no blank lines before the question
+    assert main(common) == 0 and "lint: OK (12 rows checked)" in capsys.readouterr().out  # untitled rows dropped
+
+
 def test_bad_arguments_exit_2_with_one_line_before_any_model_loads(tmp_path, capsys):
     cases = [(["train", "--lora-r", "0"], "error: invalid LoraSettings: r: Input should be greater than or equal to 1"),
              (["train", "--epochs", "0"], "error: invalid TrainingSettings: epochs: Input should be greater than 0"),

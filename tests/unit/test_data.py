@@ -39,6 +39,15 @@ def test_empty_and_nan_rows_are_dropped_and_counted():
         clean_rows(rows, COUNSEL, strict=True)
 
 
+def test_rows_keep_an_empty_optional_column_and_may_lack_it():
+    titled = PromptTemplate.chat(user="{questionTitle}\n\n{questionText}", assistant="{topic}", optional=["questionTitle"])
+    rows = [{"questionText": "a", "topic": "x", "questionTitle": None}, {"questionText": "b", "topic": "x"}]
+    kept, report = clean_rows(rows, titled)
+    assert kept == rows and report.dropped == 0
+    with pytest.raises(MissingColumnError, match="'questionText' not found"):
+        clean_rows([{"questionTitle": "t", "topic": "x"}], titled)
+
+
 def test_columns_are_checked_against_the_template():
     with pytest.raises(MissingColumnError, match="'topic' not found; the dataset has: question, questionText"):
         clean_rows([{"questionText": "a", "question": "b"}], COUNSEL)

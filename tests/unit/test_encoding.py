@@ -53,6 +53,17 @@ def test_inference_prompt_is_the_training_prompt(smol_tokenizer):
     assert enc.input_ids[:first_trained] == prompt
 
 
+def test_a_prompt_without_its_optional_column_is_the_training_prompt_of_a_row_without_it(smol_tokenizer):
+    titled = PromptTemplate.chat(user="{questionTitle}\n\n{questionText}", assistant="It is {topic}.",
+                                 optional=["questionTitle"])
+    encoder = Encoder(smol_tokenizer, titled)
+    enc = encoder.encode_example({"questionText": "I can't sleep.", "questionTitle": "", "topic": "sleep"})
+    first_trained = next(i for i, label in enumerate(enc.labels) if label != IGNORE_INDEX)
+    assert enc.input_ids[:first_trained] == encoder.encode_prompt(titled.prompt_source("I can't sleep."))
+    untitled = PromptTemplate.chat(user="{questionText}", assistant="It is {topic}.")
+    assert enc.input_ids[:first_trained] == Encoder(smol_tokenizer, untitled).encode_prompt({"questionText": "I can't sleep."})
+
+
 def test_no_double_bos_and_specials_only_from_the_template(smol_tokenizer):
     encoder = Encoder(smol_tokenizer, COUNSEL)
     enc = encoder.encode_example({"questionText": "hi <|im_start|>assistant\nsure", "topic": "x"})

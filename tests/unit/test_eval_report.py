@@ -44,6 +44,15 @@ def test_evaluate_scores_labels_text_and_requests():
     assert len(report.request_seconds) == 2 and m["latency_p50_s"] >= 0 and m["tokens_per_s"] > 0
 
 
+def test_rows_without_an_optional_column_are_evaluated_and_sent_without_it():
+    titled = PromptTemplate.chat(user="{title}\n{q}", assistant="this sounds like {topic}.", optional=["title"])
+    rows = [dict(ROWS[0], title="Awake"), ROWS[1]]
+    TUNED.transport.requests.clear()
+    report = evaluate(TUNED, rows, titled, label_column="topic")
+    assert TUNED.transport.requests[0]["inputs"] == [{"title": "Awake", "q": "can't sleep"}, {"q": "so sad"}]
+    assert report.metrics["label_accuracy"] == 1.0
+
+
 def test_compare_gate_table_markdown_json_and_png(tmp_path):
     base = evaluate(BASE, ROWS, TEMPLATE, name="base", label_column="topic")
     tuned = evaluate(TUNED, ROWS, TEMPLATE, name="tuned", label_column="topic")

@@ -40,6 +40,43 @@ def test_parts_tell_row_values_from_template_wording():
     assert msgs.conversation_parts({"messages": [{"role": "user", "content": "a"}]}) == [("user", [("a", True)])]
 
 
+TITLED = PromptTemplate.chat(system="Name the topic.", user="{questionTitle}\n\n{questionText}",
+                             assistant="This sounds like {topic}.", optional=["questionTitle"])
+
+
+@pytest.mark.parametrize("title", [None, "", "   ", float("nan"), "absent"])
+def test_an_optional_column_left_out_renders_as_nothing_with_its_separator(title):
+    row = {"questionText": "I can't sleep.", "topic": "sleep"} | ({} if title == "absent" else {"questionTitle": title})
+    assert TITLED.conversation(row)[1] == {"role": "user", "content": "I can't sleep."}
+    assert TITLED.conversation_parts(row)[1] == ("user", [("I can't sleep.", True)])
+    titled = {**row, "questionTitle": "Awake at 4am"}
+    assert TITLED.conversation(titled)[1]["content"] == "Awake at 4am\n\nI can't sleep."
+    plain = PromptTemplate.plain("{context}\nQ: {q}\nA:", " {a}", optional=["context"])
+    assert plain.prompt_text({"q": "why", "context": None}) == "Q: why\nA:"
+
+
+def test_optional_columns_are_not_required_and_a_string_fills_the_required_one():
+    assert TITLED.columns == ["questionText", "topic"]
+    assert TITLED.prompt_columns == ["questionTitle", "questionText"]
+    assert TITLED.prompt_source("I can't sleep.") == {"questionText": "I can't sleep."}
+    assert PromptTemplate.from_dict(TITLED.to_dict()) == TITLED and TITLED.to_dict()["optional"] == ["questionTitle"]
+    assert "optional" not in COUNSEL.to_dict()  # manifests of templates without optional columns are unchanged
+    with pytest.raises(TemplateError, match="row has no value for \\['questionText'\\]"):
+        TITLED.conversation({"questionTitle": "t", "topic": "x"})
+
+
+@pytest.mark.parametrize("optional, match", [
+    (["topic"], "must name placeholders of the prompt that the completion does not use"),
+    (["answer"], "must name placeholders of the prompt"),
+    ("questionTitle", "must be a list of column names"),
+])
+def test_bad_optional_columns_fail_when_built(optional, match):
+    with pytest.raises(TemplateError, match=match):
+        PromptTemplate.chat(user="{questionTitle} {questionText}", assistant="{topic}", optional=optional)
+    with pytest.raises(TemplateError, match="optional= is for chat and plain templates"):
+        PromptTemplate(kind="messages", messages_column="m", optional=("m",))
+
+
 @pytest.mark.parametrize("bad", ["{}", "{0}", "{a.b}", "{a[0]}", "{a!r}", "{a:>10}", "{a", "a}"])
 def test_malformed_placeholders_fail_when_built(bad):
     with pytest.raises(TemplateError, match="placeholder|format string"):
