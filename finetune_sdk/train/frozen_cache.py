@@ -43,7 +43,8 @@ class FrozenLayerCache:
             for idx in length_sorted_batches([len(e.input_ids) for e in examples], batch_size):
                 batch = collate([examples[i] for i in idx], pad_id=0)
                 try:
-                    self.decoder(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+                    self.decoder(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                                 use_cache=False)
                 except _Captured as captured:
                     for row, i in enumerate(idx):
                         self.states[i] = captured.hidden[row, :len(examples[i].input_ids)].to("cpu")
@@ -83,7 +84,8 @@ class FrozenLayerCache:
             self.decoder.train(was_training)
 
     def _agrees(self, indices: Sequence[int], batch: dict[str, torch.Tensor]) -> bool:
-        full = self.decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        full = self.decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            use_cache=False).last_hidden_state
         cached = self.last_hidden(indices, batch)
         mask = batch["attention_mask"].bool()
         ok = torch.allclose(full[mask], cached[mask], rtol=1e-3, atol=1e-3)
