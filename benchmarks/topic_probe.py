@@ -21,6 +21,7 @@ import argparse
 import json
 import random
 import time
+from dataclasses import replace
 
 import torch
 
@@ -71,7 +72,8 @@ def main() -> None:
     train, held_out = tuner.train_rows, tuner.eval_rows
     ref = resolve_model(DEFAULT_MODEL)
     model = load_model(ref, dtype=torch.float32).eval()
-    encoder = Encoder(load_tokenizer(ref), COUNSEL_TEMPLATE)
+    # the question's text alone, as the demo prompted before it added titles (docs/local-training.md)
+    encoder = Encoder(load_tokenizer(ref), replace(COUNSEL_TEMPLATE, user="{questionText}", optional=()))
     topics = sorted({r["topic"] for r in train})
     train_y = torch.tensor([topics.index(r["topic"]) for r in train])
     test_y = torch.tensor([topics.index(r["topic"]) for r in held_out])

@@ -10,8 +10,9 @@ from finetune_sdk import FineTuner, PromptTemplate, TrainingSettings
 
 template = PromptTemplate.chat(
     system="You are a mental health assistant. Name the topic of the person's message.",
-    user="{questionText}",
+    user="{questionTitle}\n\n{questionText}",  # the title, when a question has one, then its text
     assistant="Based on what you've described, this sounds like {topic}.",
+    optional=["questionTitle"],
 )
 
 tuner = FineTuner(

@@ -10,8 +10,9 @@ from finetune_sdk import FineTuner, LoraSettings, PromptTemplate, TrainingSettin
 
 template = PromptTemplate.chat(
     system="You are a mental health assistant. Name the topic of the person's message.",
-    user="{questionText}",
+    user="{questionTitle}\n\n{questionText}",  # the title, when a question has one, then its text
     assistant="Based on what you've described, this sounds like {topic}.",
+    optional=["questionTitle"],
 )
 
 tuner = FineTuner(
@@ -29,7 +30,8 @@ artifact = tuner.train()
 
 with tuner.deploy() as predictor:
     for row in tuner.eval_rows[:5]:
-        answer = predictor.predict({"questionText": row["questionText"]}, max_new_tokens=24)
+        question = {"questionTitle": row["questionTitle"], "questionText": row["questionText"]}
+        answer = predictor.predict(question, max_new_tokens=24)
         print(f"[{row['topic']}] {row['questionText'][:70]}...\n  -> {answer.text}")
 
 print({k: artifact.metrics[k] for k in ("eval_loss", "steps", "train_seconds", "real_tokens_per_second")})
