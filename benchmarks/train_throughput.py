@@ -10,13 +10,15 @@
 Every recipe trains one pass over the same ``--examples`` rows (so the same tokens) in its own child
 process, then the same evaluator scores the same held-out rows (loss per completion token).
 
-    python benchmarks/train_throughput.py [--examples 64] [--eval-rows 48]
+    python benchmarks/train_throughput.py [--examples 64] [--eval-rows 48] [--demo]
                                           [--record throughput.json --where ml.g5.xlarge]
 
 On CPU the model is the embedded SmolLM2-135M-Instruct with the default LoRA (all linear layers,
 r=16). On CUDA it is a Qwen1.5-0.5B-shaped Qwen2 model built from its config (random init, bf16,
 tied embeddings, vocab 151936; no download) with LoRA r=8/alpha 16 on q, k, v, o, and the SmolLM2
-ChatML tokenizer. Prints JSON: real (non-pad) tokens/s (the first step of each recipe is not timed;
+ChatML tokenizer. ``--demo`` (CPU) gives every recipe the demo's adapter instead (r=64 on all linear
+layers of the top 10 layers; finetune_sdk adds its frozen-layer cache, as the demo does) and the demo's
+prompt (each question's title, then its text). Prints JSON: real (non-pad) tokens/s (the first step of each recipe is not timed;
 for finetune_sdk the program's own clock less its recorded first step, with the first-step-included
 rate beside it), peak memory (CUDA: allocated by torch;
 CPU: the child process's peak RSS), final eval loss and the ratios.
@@ -44,6 +46,7 @@ import torch
 
 from finetune_sdk.data import load_rows, write_jsonl
 from finetune_sdk.demo import COUNSEL_TEMPLATE as DEMO_TEMPLATE
+from finetune_sdk.demo import DEMO_LORA
 from finetune_sdk.encoding import Encoder, encode_dataset
 from finetune_sdk.models import load_model, load_tokenizer, resolve_model
 
@@ -51,9 +54,14 @@ from finetune_sdk.models import load_model, load_tokenizer, resolve_model
 COUNSEL_TEMPLATE = replace(DEMO_TEMPLATE, user="{questionText}", optional=())
 
 CPU = {"model": "smollm2-135m-instruct", "lora": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
-       "batch_size": 8, "trl_batch_size": 2}
+       "batch_size": 8, "trl_batch_size": 2, "template": COUNSEL_TEMPLATE}
+#: ``--demo``: the demo's adapter (top 10 layers; finetune_sdk adds its frozen-layer cache) and prompt (title, then text).
+#: "all-linear" spelled out: PEFT takes layers_to_transform only with a list of module names.
+DEMO = {**CPU, "lora": {"r": DEMO_LORA.r, "alpha": DEMO_LORA.alpha, "layers": DEMO_LORA.layers,
+                        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
+        "template": DEMO_TEMPLATE}
 CUDA = {"lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-        "batch_size": 64, "trl_batch_size": 16}
+        "batch_size": 64, "trl_batch_size": 16, "template": COUNSEL_TEMPLATE}
 QWEN_0_5B = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
                  intermediate_size=2816, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096)
 LEARNING_RATE = 2e-4
@@ -83,8 +91,7 @@ def qwen_shaped_model(folder: Path) -> str:
 def _peft(model: Any, lora: dict[str, Any]) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=0.0,
-                                            target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
+    return get_peft_model(model, _peft_config(lora))
 
 
 def _dtype() -> torch.dtype:
@@ -97,10 +104,10 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _eval_loss(model: Any, tokenizer: Any, eval_rows: list[dict]) -> float | None:
+def _eval_loss(model: Any, tokenizer: Any, eval_rows: list[dict], template: Any) -> float | None:
     from finetune_sdk.train.program import evaluate_loss
 
-    examples, _ = encode_dataset(Encoder(tokenizer, COUNSEL_TEMPLATE), eval_rows)
+    examples, _ = encode_dataset(Encoder(tokenizer, template), eval_rows)
     device = next(model.parameters()).device
     return evaluate_loss(model, examples, tokenizer.pad_token_id, device, _dtype())
 
@@ -154,7 +161,7 @@ def reference_recipe(model_ref: str, setup: dict, train_rows: list[dict], eval_r
 
     ref = resolve_model(model_ref)
     tokenizer = load_tokenizer(ref)
-    texts = [tokenizer.apply_chat_template(COUNSEL_TEMPLATE.conversation(r), tokenize=False) for r in train_rows]
+    texts = [tokenizer.apply_chat_template(setup["template"].conversation(r), tokenize=False) for r in train_rows]
     data = Dataset.from_dict({"text": texts}).map(
         lambda b: tokenizer(b["text"], padding="max_length", max_length=512, truncation=True),
         batched=True, remove_columns=["text"])
@@ -164,7 +171,8 @@ def reference_recipe(model_ref: str, setup: dict, train_rows: list[dict], eval_r
         model.cuda()
     args = TrainingArguments(**_trainer_args("/tmp/finetune_sdk_bench_reference", 4, len(train_rows) // 4))
     Trainer(model=model, args=args, train_dataset=data, data_collator=clock, callbacks=[clock.callback()]).train()
-    return {**clock.result(), "peak_gib": _peak_gib(), "eval_loss": _eval_loss(model, tokenizer, eval_rows)}
+    return {**clock.result(), "peak_gib": _peak_gib(),
+            "eval_loss": _eval_loss(model, tokenizer, eval_rows, setup["template"])}
 
 
 def trl_sft(model_ref: str, setup: dict, train_rows: list[dict], eval_rows: list[dict]) -> dict:
@@ -175,7 +183,7 @@ def trl_sft(model_ref: str, setup: dict, train_rows: list[dict], eval_rows: list
     tokenizer = load_tokenizer(ref)
     cuda = torch.cuda.is_available()
     liger = cuda and _installed("liger_kernel")
-    conversations = [COUNSEL_TEMPLATE.conversation(r) for r in train_rows]
+    conversations = [setup["template"].conversation(r) for r in train_rows]
     data = Dataset.from_list([{"prompt": c[:-1], "completion": c[-1:]} for c in conversations])
     model = load_model(ref, dtype=_dtype())
     if cuda:
@@ -190,8 +198,8 @@ def trl_sft(model_ref: str, setup: dict, train_rows: list[dict], eval_rows: list
     trainer.args.max_steps = math.ceil(len(trainer.train_dataset) / setup["trl_batch_size"])  # one pass
     trainer.add_callback(clock.callback())
     trainer.train()
-    return {**clock.result(), "peak_gib": _peak_gib(), "eval_loss": _eval_loss(trainer.model, tokenizer, eval_rows),
-            "liger": liger}
+    return {**clock.result(), "peak_gib": _peak_gib(),
+            "eval_loss": _eval_loss(trainer.model, tokenizer, eval_rows, setup["template"]), "liger": liger}
 
 
 def finetune_sdk_default(model_ref: str, setup: dict, train_rows: list[dict], eval_rows: list[dict]) -> dict:
@@ -205,7 +213,7 @@ def finetune_sdk_default(model_ref: str, setup: dict, train_rows: list[dict], ev
     data = DataRef(train_path=str(folder / "train.jsonl"), eval_path=str(folder / "eval.jsonl"),
                    fingerprint=fingerprint(train_rows + eval_rows), train_rows=len(train_rows),
                    eval_rows=len(eval_rows))
-    spec = JobSpec(model=model_ref, template=COUNSEL_TEMPLATE.to_dict(), data=data, lora=setup["lora"],
+    spec = JobSpec(model=model_ref, template=setup["template"].to_dict(), data=data, lora=setup["lora"],
                    training={"epochs": 1, "batch_size": setup["batch_size"], "learning_rate": LEARNING_RATE,
                              "warmup_ratio": 0, "lr_scheduler": "constant", "progress": False},
                    output_dir=str(folder / "artifact"), max_length=512)
@@ -224,7 +232,7 @@ def _peft_config(lora: dict[str, Any]) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=0.0, target_modules=lora["target_modules"],
-                      task_type="CAUSAL_LM")
+                      layers_to_transform=lora.get("layers"), task_type="CAUSAL_LM")
 
 
 def _installed(module: str) -> bool:
@@ -246,13 +254,14 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=48, help="held-out rows scored after training")
     parser.add_argument("--recipes", default="finetune_sdk,trl,reference")
     parser.add_argument("--model", help="on CPU: another model name or folder (default: the embedded SmolLM2)")
+    parser.add_argument("--demo", action="store_true", help="on CPU: the demo's adapter and prompt for every recipe")
     parser.add_argument("--record", help="a JSON throughput table to add finetune_sdk's result to")
     parser.add_argument("--where", help="the table key for this machine, e.g. an instance type (with --record)")
     args = parser.parse_args()
     if args.record and not args.where:
         parser.error("--record needs --where, the name this machine gets in the table")
     cuda = torch.cuda.is_available()
-    setup = CUDA if cuda else CPU
+    setup = CUDA if cuda else DEMO if args.demo else CPU
     rows = load_rows("counsel-sample")
     examples = args.examples or (4096 if cuda else 64)
     eval_rows, pool = rows[:args.eval_rows], rows[args.eval_rows:]
@@ -266,7 +275,8 @@ def main() -> None:
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",
         "model": "Qwen1.5-0.5B-shaped (random init, bf16)" if cuda else model_ref,
-        "lora": setup["lora"], "examples": len(train_rows), "eval_rows": len(eval_rows), **results}
+        "lora": setup["lora"], "template": setup["template"].to_dict(), "examples": len(train_rows),
+        "eval_rows": len(eval_rows), **results}
     if cuda:
         for result in results.values():
             result["mfu"] = round(result["real_tokens_per_s"] * _flops_per_token() / PEAK_BF16_FLOPS, 3)
