@@ -19,6 +19,7 @@ from typing import Any, Iterator, Literal
 from .errors import MissingDependencyError, ModelError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @contextmanager
@@ -28,7 +29,6 @@ def peft_without_deprecation_noise() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         yield
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,7 @@ class FineTuner:
     def _eval_setup(self, dataset: Any, label_column: str | None,
                     labels: Sequence[str] | None) -> tuple[list[dict[str, Any]], str | None, list[str] | None]:
         """(rows, label column, labels) for :meth:`evaluate`: "auto" resolved, the training rows' labels added."""
-        from .evaluate import auto_label_column
+        from .evaluate.run import auto_label_column, known_labels
 
         if dataset is None:
             if not self.eval_rows:
@@ -236,8 +236,7 @@ class FineTuner:
             label_column = auto_label_column(self.template, self.train_rows + rows)
         if not label_column:
             return rows, label_column, None
-        return rows, label_column, sorted({str(r[label_column]) for r in self.train_rows if label_column in r}
-                                          | set(labels or []))
+        return rows, label_column, known_labels(self.train_rows, label_column, labels or ())
 
     def _predictor_for(self, source: Any) -> tuple[Any, bool, str]:
         """(predictor, whether this call owns and must close it, a default report name)."""

@@ -256,10 +256,10 @@ def split_indices(rows: Sequence[Mapping[str, Any]], eval_fraction: float, seed:
 def count_overlap(train: Sequence[Mapping[str, Any]], evals: Sequence[Mapping[str, Any]], template: PromptTemplate,
                   report: CleanReport) -> None:
     """Count duplicate training rows and eval rows leaking from training into ``report``; warn about either."""
+    columns = template.prompt_columns + template.completion_columns  # optional ones too: they tell rows apart
+
     def key(row: Mapping[str, Any]) -> str:
         return json.dumps([row.get(c) for c in columns], default=str, ensure_ascii=False)
-
-    columns = template.prompt_columns + template.completion_columns  # optional ones too: they tell rows apart
 
     seen: set[str] = set()
     for row in train:

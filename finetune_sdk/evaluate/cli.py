@@ -13,7 +13,7 @@ from ..errors import ConfigError, FineTuneError
 from ..spec import work_dir_for
 from .chart import require_matplotlib
 from .report import check_gate, compare, report_table
-from .run import auto_label_column, evaluate, expected_metrics
+from .run import auto_label_column, evaluate, expected_metrics, known_labels
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -34,7 +34,7 @@ def run_eval(args: argparse.Namespace) -> int:
     rows, _ = clean_rows(rows, template)
     known = rows + (read_jsonl(data / "train.jsonl") if (data / "train.jsonl").is_file() else [])
     label_column = args.label_column or auto_label_column(template, known)
-    labels = sorted({str(r[label_column]) for r in known if label_column in r}) if label_column else None
+    labels = known_labels(known, label_column) if label_column else None
     expected = expected_metrics(rows, label_column=label_column, labels=labels)  # a wrong column fails here
     check_gate(args.gate if args.base else None, expected)  # and a gate no report can meet, before any model loads
     if args.out and args.base:

@@ -62,6 +62,11 @@ class EvalReport:
                 "confusion": self.confusion, "request_seconds": self.request_seconds, "notes": self.notes, "records": [asdict(r) for r in self.records]}
 
 
+def known_labels(rows: Sequence[Mapping[str, Any]], column: str, extra: Sequence[str] = ()) -> list[str]:
+    """The sorted distinct values of ``column`` in the rows that have it, plus ``extra``."""
+    return sorted({str(r[column]) for r in rows if column in r} | set(extra))
+
+
 def auto_label_column(template: PromptTemplate, rows: Sequence[Mapping[str, Any]]) -> str | None:
     """The template's one completion column when its values look like labels (few, repeated), else None."""
     columns = template.completion_columns
@@ -130,7 +135,7 @@ def _checked(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None, l
         return wanted, None
     if any(label_column not in r for r in rows):
         raise ConfigError(f"label_column={label_column!r} is missing from some rows; the rows have: {sorted(rows[0])}")
-    return wanted, label_patterns(sorted({str(r[label_column]) for r in rows} | set(labels or [])))
+    return wanted, label_patterns(known_labels(rows, label_column, labels or ()))
 
 
 def _check_predictor(predictor: Any) -> None:
