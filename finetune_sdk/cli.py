@@ -35,6 +35,8 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--merge", action="store_true", help="also write merged/ weights")
+    p.add_argument("--eval-loss", default="epoch", choices=["epoch", "end", "off"],
+                   help="when to compute the eval split's loss (default: after every epoch)")
 
 
 def _lora(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,7 +44,8 @@ def _lora(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _training(args: argparse.Namespace) -> dict[str, Any]:
-    return {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size, "merge": args.merge}
+    return {"epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size, "merge": args.merge,
+            "eval_loss": args.eval_loss}
 
 
 def _template(args: argparse.Namespace) -> Any:

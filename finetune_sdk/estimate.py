@@ -215,7 +215,7 @@ def estimate_job(spec: Any, train_rows: Sequence[Mapping[str, Any]], eval_rows: 
     encoder = Encoder(tokenizer, PromptTemplate.from_dict(spec.template), max_length=spec.max_length,
                       truncation=spec.truncation)
     examples, _ = encode_dataset(encoder, train_rows)
-    eval_examples, _ = encode_dataset(encoder, eval_rows)
+    eval_examples, _ = encode_dataset(encoder, eval_rows if spec.training.eval_loss != "off" else [])
     if not examples:
         raise EmptyDatasetError("no trainable rows to estimate; check max_length and the template")
     s = spec.training
@@ -236,7 +236,7 @@ def estimate_job(spec: Any, train_rows: Sequence[Mapping[str, Any]], eval_rows: 
         micro = min(s.grad_accum, len(first_epoch))
         training.train_seconds = sum(t.step_fixed_seconds * micro + t.step_seconds_per_token * padded
                                      for _, padded in sizes)
-        evals = max(1, steps // steps_per_epoch) if eval_examples else 0
+        evals = (max(1, steps // steps_per_epoch) if s.eval_loss == "epoch" else 1) if eval_examples else 0
         training.eval_seconds = evals * t.eval_seconds_per_token * sorted_padded_tokens(
             [len(e.input_ids) for e in eval_examples])
         cached = lengths + [len(e.input_ids) for e in eval_examples]

@@ -65,6 +65,9 @@ class TrainingSettings(_Settings):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     save_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
+    eval_loss: Literal["epoch", "end", "off"] = Field(
+        "epoch", description="when the loss on the eval rows is computed: after every epoch, once after the last "
+        "step, or never (the frozen-layer cache then leaves the eval rows out)")
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     merge: bool = Field(False, description="also write merged/ (adapter folded into the base weights)")

@@ -288,6 +288,8 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
 
     # -- train ---------------------------------------------------------------------------------
     pad_id = tokenizer.pad_token_id
+    if settings.eval_loss == "off":
+        eval_examples = []
     cache = (None if settings.packing == "packed"
              else _frozen_layer_cache(spec, model, train_examples + eval_examples, pad_id, device, log))
     evaluate = functools.partial(evaluate_loss, model, eval_examples, pad_id, device, dtype, ranks=ranks,
@@ -338,9 +340,10 @@ def _run(spec: JobSpec, log: RunLog, device: torch.device, ranks: Ranks, *, resu
                 log.event("checkpoint", step=state.step, path=str(path))
         if state.group_in_epoch >= len(groups):
             eval_started = time.perf_counter()
-            eval_loss = evaluate()
+            eval_loss = evaluate() if settings.eval_loss == "epoch" else None
             eval_seconds += time.perf_counter() - eval_started
-            eval_history.append({"epoch": state.epoch + 1, "step": state.step, "eval_loss": eval_loss})
+            if eval_loss is not None:
+                eval_history.append({"epoch": state.epoch + 1, "step": state.step, "eval_loss": eval_loss})
             log.event("epoch_end", epoch=state.epoch + 1, step=state.step, eval_loss=eval_loss,
                       train_loss=sum(losses[-groups_per_epoch:]) / max(1, len(losses[-groups_per_epoch:])))
             state.epoch += 1

@@ -136,6 +136,21 @@ def test_eval_loss_is_of_the_saved_adapter_when_training_stops_mid_epoch(tiny_mo
     assert metrics["eval_loss"] != pytest.approx(metrics["eval_history"][-1]["eval_loss"], rel=1e-3)
 
 
+def test_eval_loss_once_at_the_end_or_never(tiny_model_dir, tmp_path, counsel_rows):
+    """"end" evaluates the final weights once, as "epoch" does after its last epoch; "off" never evaluates."""
+    def run(name, eval_loss):
+        return FineTuner(str(tiny_model_dir), counsel_rows[:48], COUNSEL, output_dir=tmp_path / name,
+                         eval_fraction=0.25, backend=LocalBackend(in_process=True),
+                         training=TrainingSettings(epochs=2, batch_size=8, learning_rate=1e-2, progress=False,
+                                                   eval_loss=eval_loss)).train().metrics
+
+    every, end, off = run("epoch", "epoch"), run("end", "end"), run("off", "off")
+    assert [h["epoch"] for h in every["eval_history"]] == [1, 2] and end["eval_history"] == []
+    assert end["eval_loss"] == pytest.approx(every["eval_loss"], rel=1e-5)
+    assert off["eval_loss"] is None and off["eval_history"] == []
+    assert off["train_loss_last"] == pytest.approx(every["train_loss_last"], rel=1e-5)
+
+
 def test_predictor_stops_at_end_of_turn_and_counts_tokens(trained):
     tuner, _ = trained
     with tuner.deploy() as predictor:
