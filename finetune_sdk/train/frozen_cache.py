@@ -6,16 +6,32 @@ computed once, kept in memory, and every training step then runs only the adapte
 and backward. The cache is checked against the full model on one batch before it is used; when the
 two disagree (an architecture that post-processes its embeddings, dropout in frozen layers), it is
 switched off with a warning and training runs the plain way.
+
+A chat template with a fixed system turn starts every example with the same tokens, and a causal
+model's states over them are the same in every example. When all examples share such a prefix, it is
+run once: the frozen layers keep its keys and values and each example's states start after it, and
+each training step runs the prefix through the adapted layers once for the whole batch, whose rows
+then attend to its keys and values instead of each computing their own copy.
+
+    build:  prefix ──frozen layers──> prefix state + frozen K/V
+            suffix_i (after the frozen K/V) ──frozen layers──> state_i
+    step:   prefix state ──adapted layers, 1 row──> K/V ──expanded to the batch──┐
+            state_i, ... ──adapted layers, B rows, attending to the prefix K/V──> last hidden
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 from ..encoding import Encoded
+
+#: A shared prefix shorter than this is not worth a separate pass.
+MIN_SHARED_PREFIX = 8
 
 
 class _Captured(Exception):
@@ -26,33 +42,37 @@ class _Captured(Exception):
 class FrozenLayerCache:
     """Per-example hidden states at the input of decoder layer ``first``, and a forward from there."""
 
-    def __init__(self, model: Any, first: int) -> None:
+    def __init__(self, model: Any, first: int, *, share_prefix: bool = True) -> None:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.decoder = base.get_decoder()
         self.first = first
-        self.states: list[torch.Tensor] = []
+        self.depth = len(self.decoder.layers)
+        self.share_prefix = share_prefix
+        self.states: list[torch.Tensor] = []  # each example's states after the shared prefix
+        self.prefix = 0  # tokens every cached example starts with
+        self._prefix_state = torch.empty(0)  # [1, prefix, hidden] at the input of layer ``first``
+        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # the frozen layers' K/V over the prefix
 
     @torch.no_grad()
     def build(self, examples: Sequence[Encoded], device: torch.device, batch_size: int = 16) -> None:
         """Run the frozen layers once over every example (stopping at layer ``first``)."""
-        from .batching import collate, length_sorted_batches
+        from .batching import length_sorted_batches
 
+        self.prefix = shared_prefix_length([e.input_ids for e in examples]) if self.share_prefix else 0
+        if self.prefix:
+            kv = Cache(layers=[DynamicLayer() for _ in range(self.first)])
+            self._prefix_state = self._frozen_pass(torch.tensor([examples[0].input_ids[:self.prefix]], device=device),
+                                                   None, kv).to("cpu")
+            self._prefix_kv = [(layer.keys, layer.values) for layer in kv.layers]
         self.states = [torch.empty(0)] * len(examples)
-        hook = self.decoder.layers[self.first].register_forward_pre_hook(_capture, with_kwargs=True)
-        try:
-            for idx in length_sorted_batches([len(e.input_ids) for e in examples], batch_size):
-                batch = collate([examples[i] for i in idx], pad_id=0)
-                try:
-                    self.decoder(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                                 use_cache=False)
-                except _Captured as captured:
-                    for row, i in enumerate(idx):
-                        self.states[i] = captured.hidden[row, :len(examples[i].input_ids)].to("cpu")
-        finally:
-            hook.remove()
+        for idx in length_sorted_batches([len(e.input_ids) for e in examples], batch_size):
+            ids, mask = _right_padded([examples[i].input_ids[self.prefix:] for i in idx], device)
+            hidden = self._frozen_pass(ids, mask, self._frozen_prefix(len(idx)) if self.prefix else None)
+            for row, i in enumerate(idx):
+                self.states[i] = hidden[row, :len(examples[i].input_ids) - self.prefix].to("cpu")
 
     def batch_hidden(self, indices: Sequence[int], width: int, device: torch.device) -> torch.Tensor:
-        """The cached states of ``indices``, right-padded with zeros to ``width``."""
+        """The cached states of ``indices`` (after the shared prefix), right-padded with zeros to ``width``."""
         first = self.states[indices[0]]
         out = torch.zeros((len(indices), width, first.shape[-1]), dtype=first.dtype)
         for row, i in enumerate(indices):
@@ -61,17 +81,28 @@ class FrozenLayerCache:
 
     def last_hidden(self, indices: Sequence[int], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The last hidden state for ``batch``, whose rows are the cached examples ``indices``."""
-        ids = batch["input_ids"]
-        return self.forward(self.batch_hidden(indices, ids.shape[1], ids.device), batch["attention_mask"])
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        hidden = self.batch_hidden(indices, ids.shape[1] - self.prefix, ids.device)
+        if not self.prefix:
+            return self.forward(hidden, mask)
+        with self._adapted_layers_only():
+            kv = Cache(layers=[DynamicLayer() for _ in range(self.depth)])
+            prefix_out = self.decoder(inputs_embeds=self._prefix_state.to(ids.device, hidden.dtype),
+                                      position_ids=torch.arange(self.prefix, device=ids.device)[None],
+                                      cache=kv, use_cache=True).last_hidden_state
+            rows = len(indices)
+            layers = self._frozen_prefix(rows).layers + [_filled(layer.keys.expand(rows, -1, -1, -1),
+                                                                 layer.values.expand(rows, -1, -1, -1))
+                                                         for layer in kv.layers[self.first:]]
+            positions = torch.arange(self.prefix, ids.shape[1], device=ids.device)[None]
+            out = self.decoder(inputs_embeds=hidden, attention_mask=mask, position_ids=positions,
+                               cache=Cache(layers=layers), use_cache=True).last_hidden_state
+        return torch.cat([prefix_out.expand(rows, -1, -1), out], dim=1)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The last hidden state, running only layers ``first`` and up on the cached input."""
-        layers = self.decoder.layers
-        self.decoder.layers = torch.nn.ModuleList(list(layers)[self.first:])
-        try:
+        """The last hidden state, running only layers ``first`` and up on the cached input (no shared prefix)."""
+        with self._adapted_layers_only():
             return self.decoder(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        finally:
-            self.decoder.layers = layers
 
     @torch.no_grad()
     def agrees_with_full_model(self, indices: Sequence[int], batch: dict[str, torch.Tensor]) -> bool:
@@ -93,6 +124,65 @@ class FrozenLayerCache:
             warnings.warn("the frozen-layer cache does not reproduce this model's outputs; training without it",
                           stacklevel=2)
         return ok
+
+    def _frozen_pass(self, ids: torch.Tensor, mask: torch.Tensor | None, kv: Cache | None) -> torch.Tensor:
+        """The states entering layer ``first`` for ``ids`` (after the K/V in ``kv``, which the pass extends)."""
+        past = kv.get_seq_length() if kv is not None else 0
+        if mask is not None and past:
+            mask = torch.cat([mask.new_ones(mask.shape[0], past), mask], dim=1)
+        positions = torch.arange(past, past + ids.shape[1], device=ids.device)[None]
+        hook = self.decoder.layers[self.first].register_forward_pre_hook(_capture, with_kwargs=True)
+        try:
+            self.decoder(input_ids=ids, attention_mask=mask, position_ids=positions, cache=kv, use_cache=kv is not None)
+        except _Captured as captured:
+            return captured.hidden
+        finally:
+            hook.remove()
+        raise RuntimeError(f"decoder layer {self.first} was never reached")
+
+    def _frozen_prefix(self, rows: int) -> Cache:
+        """The frozen layers' prefix K/V for ``rows`` rows (views, not copies)."""
+        return Cache(layers=[_filled(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                             for k, v in self._prefix_kv])
+
+    @contextlib.contextmanager
+    def _adapted_layers_only(self) -> Iterator[None]:
+        """The decoder runs layers ``first`` and up (each keeps its index into a cache)."""
+        layers = self.decoder.layers
+        self.decoder.layers = torch.nn.ModuleList(list(layers)[self.first:])
+        try:
+            yield
+        finally:
+            self.decoder.layers = layers
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """The tokens every sequence starts with, leaving at least one after them; 0 when under MIN_SHARED_PREFIX."""
+    if not sequences:
+        return 0
+    first, limit = sequences[0], min(len(s) for s in sequences) - 1
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in sequences):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _filled(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:
+    """A cache layer holding these keys and values as they are."""
+    layer = DynamicLayer()
+    layer.lazy_initialization(keys, values)
+    layer.keys, layer.values = keys, values
+    return layer
+
+
+def _right_padded(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    return ids.to(device), mask.to(device)
 
 
 def _capture(module: Any, args: tuple, kwargs: dict) -> None:

@@ -95,7 +95,7 @@ def _build_cache(spec: JobSpec, model: object, examples: list[Encoded],
     first = min(spec.lora.layers) if spec.method != "full" and spec.lora.layers else 0
     if first == 0 or not spec.training.cache_frozen_layers:
         return None, None
-    cache = FrozenLayerCache(model, first)
+    cache = FrozenLayerCache(model, first, share_prefix=not spec.training.gradient_checkpointing)
     cache.build(examples[-2:], device)  # warm-up
     began = _clock(device)
     cache.build(examples, device)

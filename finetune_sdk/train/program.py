@@ -423,12 +423,12 @@ def _frozen_layer_cache(spec: JobSpec, model: Any, examples: list[Encoded], pad_
     if first == 0 or not spec.training.cache_frozen_layers:
         return None
     started = time.perf_counter()
-    cache = FrozenLayerCache(model, first)
+    cache = FrozenLayerCache(model, first, share_prefix=not spec.training.gradient_checkpointing)
     cache.build(examples, device)
     probe = list(range(min(4, len(examples))))
     if not cache.agrees_with_full_model(probe, _to(collate([examples[i] for i in probe], pad_id), device)):
         return None
-    log.event("frozen_layer_cache", layers_skipped=first, examples=len(examples),
+    log.event("frozen_layer_cache", layers_skipped=first, examples=len(examples), shared_prefix=cache.prefix,
               seconds=round(time.perf_counter() - started, 2))
     return cache
 

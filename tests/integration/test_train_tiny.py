@@ -192,11 +192,12 @@ def test_frozen_layer_cache_gives_the_same_adapter(tiny_model_dir, tmp_path, cou
                                                     progress=False))
         artifact = tuner.train()
         return (load_file(artifact.path / "adapter_model.safetensors"), artifact.metrics["eval_loss"],
-                [e["event"] for e in tuner.backend.list_events(str((tmp_path / f"{name}.work").resolve()))])
+                {e["event"]: e for e in tuner.backend.list_events(str((tmp_path / f"{name}.work").resolve()))})
 
     cached, cached_eval, events = train("cached", True)
     plain, plain_eval, plain_events = train("plain", False)
     assert "frozen_layer_cache" in events and "frozen_layer_cache" not in plain_events
+    assert events["frozen_layer_cache"]["shared_prefix"] > 0  # the system turn ran once, not once per row
     assert cached_eval == pytest.approx(plain_eval, rel=1e-4)
     for key in plain:
         torch.testing.assert_close(cached[key], plain[key], rtol=1e-4, atol=1e-5)
