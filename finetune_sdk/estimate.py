@@ -70,8 +70,8 @@ class TrainingEstimate:
                f"({self.trained_tokens_per_epoch:,} trained), {self.padded_tokens_per_epoch:,} with padding",
                f"steps: {self.steps} ({self.epochs:.3g} epochs)",
                f"time on {self.where} ({self.method}): {_duration(self.train_seconds)} training steps + "
-               f"{_duration(self.eval_seconds)} evaluation + {_duration(self.setup_seconds)} setup = "
-               f"{_duration(self.total_seconds)}"]
+               + (f"{_duration(self.eval_seconds)} evaluation + " if self.eval_seconds else "")
+               + f"{_duration(self.setup_seconds)} setup = {_duration(self.total_seconds)}"]
         if self.dollars is not None:
             out.append(f"cost: ${self.dollars:.2f} at ${self.price_per_hour:.3f}/hour ({PRICES_AS_OF} unless overridden)")
         return out
