@@ -59,11 +59,8 @@ class FrozenLayerCache:
         from .batching import length_sorted_batches
 
         self.prefix = shared_prefix_length([e.input_ids for e in examples]) if self.share_prefix else 0
-        if self.prefix:
-            kv = Cache(layers=[DynamicLayer() for _ in range(self.first)])
-            self._prefix_state = self._frozen_pass(torch.tensor([examples[0].input_ids[:self.prefix]], device=device),
-                                                   None, kv).to("cpu")
-            self._prefix_kv = [(layer.keys, layer.values) for layer in kv.layers]
+        if self.prefix and not self._run_prefix(examples[0].input_ids, device):
+            self.prefix = 0
         self.states = [torch.empty(0)] * len(examples)
         for idx in length_sorted_batches([len(e.input_ids) for e in examples], batch_size):
             ids, mask = _right_padded([examples[i].input_ids[self.prefix:] for i in idx], device)
@@ -83,20 +80,24 @@ class FrozenLayerCache:
         """The last hidden state for ``batch``, whose rows are the cached examples ``indices``."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         hidden = self.batch_hidden(indices, ids.shape[1] - self.prefix, ids.device)
-        if not self.prefix:
-            return self.forward(hidden, mask)
+        return self._after_prefix(hidden, mask) if self.prefix else self.forward(hidden, mask)
+
+    def _after_prefix(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The last hidden state of the prefix followed by each row of ``hidden``: the prefix runs through the
+        adapted layers once, then every row runs after its keys and values (``mask`` covers both)."""
+        rows, device = hidden.shape[0], hidden.device
         with self._adapted_layers_only():
             kv = Cache(layers=[DynamicLayer() for _ in range(self.depth)])
-            prefix_out = self.decoder(inputs_embeds=self._prefix_state.to(ids.device, hidden.dtype),
-                                      position_ids=torch.arange(self.prefix, device=ids.device)[None],
+            prefix_out = self.decoder(inputs_embeds=self._prefix_state.to(device, hidden.dtype),
+                                      position_ids=torch.arange(self.prefix, device=device)[None],
                                       cache=kv, use_cache=True).last_hidden_state
-            rows = len(indices)
-            layers = self._frozen_prefix(rows).layers + [_filled(layer.keys.expand(rows, -1, -1, -1),
-                                                                 layer.values.expand(rows, -1, -1, -1))
-                                                         for layer in kv.layers[self.first:]]
-            positions = torch.arange(self.prefix, ids.shape[1], device=ids.device)[None]
-            out = self.decoder(inputs_embeds=hidden, attention_mask=mask, position_ids=positions,
-                               cache=Cache(layers=layers), use_cache=True).last_hidden_state
+            adapted = [_filled(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
+                       for layer in kv.layers[self.first:]]
+            # the frozen layers do not run here; their prefix K/V tell the model how long the past is
+            past = Cache(layers=self._frozen_prefix(rows).layers + adapted)
+            positions = torch.arange(self.prefix, mask.shape[1], device=device)[None]
+            out = self.decoder(inputs_embeds=hidden, attention_mask=mask, position_ids=positions, cache=past,
+                               use_cache=True).last_hidden_state
         return torch.cat([prefix_out.expand(rows, -1, -1), out], dim=1)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -124,6 +125,24 @@ class FrozenLayerCache:
             warnings.warn("the frozen-layer cache does not reproduce this model's outputs; training without it",
                           stacklevel=2)
         return ok
+
+    def _run_prefix(self, example: Sequence[int], device: torch.device) -> bool:
+        """Keep the prefix's state and frozen K/V; False (nothing kept) when a row continued from them does not
+        match the same row run whole, as with a transformers version whose models take no ``cache``."""
+        ids = torch.tensor([list(example)], device=device)
+        try:
+            kv = Cache(layers=[DynamicLayer() for _ in range(self.first)])
+            self._prefix_state = self._frozen_pass(ids[:, :self.prefix], None, kv).to("cpu")
+            self._prefix_kv = [(layer.keys, layer.values) for layer in kv.layers]
+            rest = ids[:, self.prefix:]
+            continued = self._frozen_pass(rest, torch.ones_like(rest), self._frozen_prefix(1))
+        except Exception:  # any failure of this shortcut means running every row whole, as without it
+            continued = None
+        whole = self._frozen_pass(ids, None, None)[:, self.prefix:]
+        if continued is None or not torch.allclose(whole, continued, rtol=1e-4, atol=1e-4):
+            self._prefix_state, self._prefix_kv = torch.empty(0), []
+            return False
+        return True
 
     def _frozen_pass(self, ids: torch.Tensor, mask: torch.Tensor | None, kv: Cache | None) -> torch.Tensor:
         """The states entering layer ``first`` for ``ids`` (after the K/V in ``kv``, which the pass extends)."""

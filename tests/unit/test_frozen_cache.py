@@ -63,3 +63,16 @@ def test_the_cache_checks_itself_against_the_full_model(lora_and_examples):
     cache = FrozenLayerCache(model, 1)
     cache.build(examples, torch.device("cpu"))
     assert cache.prefix and cache.agrees_with_full_model([1, 2], collate([examples[1], examples[2]], pad_id=0))
+
+
+def test_a_prefix_the_model_does_not_continue_from_is_not_shared(lora_and_examples, monkeypatch):
+    """If rows continued from the prefix's keys and values differ from whole rows (here the cache handed to the
+    model is empty, as when a model ignores it), the cache runs every row whole instead."""
+    from transformers.cache_utils import Cache
+
+    model, examples = lora_and_examples
+    monkeypatch.setattr(FrozenLayerCache, "_frozen_prefix", lambda self, rows: Cache(layers=[]))
+    cache = FrozenLayerCache(model, 1)
+    cache.build(examples, torch.device("cpu"))
+    assert cache.prefix == 0 and all(len(s) == len(e.input_ids) for s, e in zip(cache.states, examples))
+    assert cache.agrees_with_full_model([1, 2], collate([examples[1], examples[2]], pad_id=0))
