@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,10 +24,16 @@ JSON = "application/json"
 
 
 def model_fn(model_dir: str) -> Any:
-    """Load the artifact at the root of ``model_dir`` (its base model from ``base/`` when shipped)."""
+    """Load the artifact at the root of ``model_dir`` (its base model from ``base/`` when shipped); the linked
+    view that needs is removed once the model is in memory."""
     from finetune_sdk.serve.engine import GenerationEngine
 
-    return GenerationEngine.from_artifact(artifact_view(Path(model_dir)), device="auto")
+    view = artifact_view(Path(model_dir))
+    try:
+        return GenerationEngine.from_artifact(view, device="auto")
+    finally:
+        if view != Path(model_dir):
+            shutil.rmtree(view, ignore_errors=True)
 
 
 def input_fn(body: bytes | str, content_type: str = JSON) -> dict[str, Any]:

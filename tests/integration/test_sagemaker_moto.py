@@ -177,9 +177,13 @@ class InferenceContainer:
         predictor.transport.client.meta.events.register("before-call.sagemaker-runtime.InvokeEndpoint", self.answer)
 
     def run(self, body: bytes) -> str:
+        scratch = self.model_dir.parent / "container-tmp"
+        scratch.mkdir(exist_ok=True)
         done = subprocess.run([sys.executable, "-c", self.SCRIPT, str(self.model_dir)], input=body.decode(),
-                              capture_output=True, text=True, env=_clean_env(), cwd=self.model_dir.parent, timeout=300)
+                              capture_output=True, text=True, env=_clean_env(TMPDIR=str(scratch)),
+                              cwd=self.model_dir.parent, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert not list(scratch.iterdir()), "model_fn left temporary files behind"
         return done.stdout.strip()
 
     def answer(self, params, **kwargs) -> None:
