@@ -28,20 +28,21 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
     return batches
 
 
-def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, "torch.Tensor"]:  # noqa: F821
-    """Right-pad to the longest example; padding gets attention 0 and label -100 (never trained)."""
+def right_padded(rows: Sequence[Sequence[int]], fill: int) -> "torch.Tensor":  # noqa: F821
+    """The rows as one [rows, longest row] tensor, right-padded with ``fill``."""
     import torch
 
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        labels[row, :n] = torch.tensor(e.labels)
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = torch.full((len(rows), max(len(r) for r in rows)), fill, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row)
+    return out
+
+
+def collate(examples: Sequence[Encoded], pad_id: int) -> dict[str, "torch.Tensor"]:  # noqa: F821
+    """Right-pad to the longest example; padding gets attention 0 and label -100 (never trained)."""
+    return {"input_ids": right_padded([e.input_ids for e in examples], pad_id),
+            "attention_mask": right_padded([[1] * len(e.input_ids) for e in examples], 0),
+            "labels": right_padded([e.labels for e in examples], IGNORE_INDEX)}
 
 
 def padding_efficiency(examples: Sequence[Encoded], batches: Sequence[Sequence[int]]) -> float:

@@ -56,14 +56,15 @@ class FrozenLayerCache:
     @torch.no_grad()
     def build(self, examples: Sequence[Encoded], device: torch.device, batch_size: int = 16) -> None:
         """Run the frozen layers once over every example (stopping at layer ``first``)."""
-        from .batching import length_sorted_batches
+        from .batching import length_sorted_batches, right_padded
 
         self.prefix = shared_prefix_length([e.input_ids for e in examples]) if self.share_prefix else 0
         if self.prefix and not self._run_prefix(examples[0].input_ids, device):
             self.prefix = 0
         self.states = [torch.empty(0)] * len(examples)
         for idx in length_sorted_batches([len(e.input_ids) for e in examples], batch_size):
-            ids, mask = _right_padded([examples[i].input_ids[self.prefix:] for i in idx], device)
+            rows = [examples[i].input_ids[self.prefix:] for i in idx]
+            ids, mask = right_padded(rows, 0).to(device), right_padded([[1] * len(r) for r in rows], 0).to(device)
             hidden = self._frozen_pass(ids, mask, self._frozen_prefix(len(idx)) if self.prefix else None)
             for row, i in enumerate(idx):
                 self.states[i] = hidden[row, :len(examples[i].input_ids) - self.prefix].to("cpu")
@@ -138,8 +139,8 @@ class FrozenLayerCache:
             continued = self._frozen_pass(rest, torch.ones_like(rest), self._frozen_prefix(1))
         except Exception:  # any failure of this shortcut means running every row whole, as without it
             continued = None
-        whole = self._frozen_pass(ids, None, None)[:, self.prefix:]
-        if continued is None or not torch.allclose(whole, continued, rtol=1e-4, atol=1e-4):
+        if continued is None or not torch.allclose(self._frozen_pass(ids, None, None)[:, self.prefix:], continued,
+                                                   rtol=1e-4, atol=1e-4):
             self._prefix_state, self._prefix_kv = torch.empty(0), []
             return False
         return True
@@ -192,16 +193,6 @@ def _filled(keys: torch.Tensor, values: torch.Tensor) -> DynamicLayer:
     layer.lazy_initialization(keys, values)
     layer.keys, layer.values = keys, values
     return layer
-
-
-def _right_padded(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _capture(module: Any, args: tuple, kwargs: dict) -> None:
